@@ -1,0 +1,217 @@
+"""Dataset registry: every dataset is loaded once per process into uint8 tensors on the device.
+
+``make_dataset(name, split, root, download, device)`` returns an :class:`ImageDataset` whose
+``images`` are ``uint8 (N, 3, H, W)`` and ``labels`` ``int64 (N,)``, both on ``device``. The
+backbone never sees uint8: :meth:`ImageDataset.normalize` turns a slice into the float input the
+backbone expects, on the fly, so a whole split costs one byte per pixel on the device.
+
+Registered names: ``shapes`` (built in, offline), ``digits`` (scikit-learn's bundled digits,
+optional), ``cifar10``, ``cifar100`` (torchvision's loaders) and ``tinyimagenet`` (the standard
+``tiny-imagenet-200/`` folder).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+Split = Literal["train", "test"]
+
+#: Per-channel normalisation constants (the same values timm uses for these datasets).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class ImageDataset:
+    """One split of an image classification dataset, held as uint8 tensors on one device.
+
+    Attributes:
+        name: Registered dataset name (``"shapes"``, ``"cifar100"``, ...).
+        split: ``"train"`` or ``"test"``.
+        images: ``uint8`` tensor ``(N, 3, H, W)``.
+        labels: ``int64`` tensor ``(N,)``.
+        classes: Class names, ``len(classes)`` is the number of classes.
+        mean: Per-channel mean used by :meth:`normalize` (in [0, 1] units).
+        std: Per-channel standard deviation used by :meth:`normalize`.
+        difficulty: ``float32`` tensor ``(N,)`` in [0, 1] where the dataset knows it, else ``None``.
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+    difficulty: torch.Tensor | None = None
+    _scale: torch.Tensor | None = field(default=None, repr=False)
+    _shift: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(
+                f"images must be uint8 (N, 3, H, W); got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be ({self.images.shape[0]},); got {tuple(self.labels.shape)}")
+        self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the (square) images in pixels."""
+        return int(self.images.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        """Device the tensors live on."""
+        return self.images.device
+
+    def normalize(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Turn ``uint8 (B, 3, H, W)`` images into the normalised float input of the backbone.
+
+        Computes ``(x / 255 - mean) / std`` as one fused multiply-add per pixel.
+        """
+        if images.dtype != torch.uint8:
+            raise TypeError(f"normalize expects uint8 images, got {images.dtype}; pass a slice of ds.images")
+        if self._scale is None or self._scale.device != images.device or self._scale.dtype != dtype:
+            std = torch.tensor(self.std, dtype=torch.float64)
+            mean = torch.tensor(self.mean, dtype=torch.float64)
+            self._scale = (1.0 / (255.0 * std)).to(dtype=dtype, device=images.device).view(1, 3, 1, 1)
+            self._shift = (-mean / std).to(dtype=dtype, device=images.device).view(1, 3, 1, 1)
+        return torch.addcmul(self._shift, images.to(dtype), self._scale)
+
+    def to(self, device: str | torch.device) -> ImageDataset:
+        """Return a copy on ``device`` (or ``self`` if it is already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        diff = None if self.difficulty is None else self.difficulty.to(device)
+        return ImageDataset(
+            self.name, self.split, self.images.to(device), self.labels.to(device), list(self.classes),
+            self.mean, self.std, diff,
+        )
+
+
+def default_root() -> Path:
+    """Where real datasets are looked for: ``$VITSKIP_DATA``, else ``<user cache>/vitskip/data``."""
+    env = os.environ.get("VITSKIP_DATA")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """The package's cache folder: ``$VITSKIP_HOME``, else ``$XDG_CACHE_HOME/vitskip`` or ``~/.cache/vitskip``."""
+    env = os.environ.get("VITSKIP_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "vitskip"
+
+
+Loader = Callable[[str, Path, bool], ImageDataset]
+_LOADERS: dict[str, Loader] = {}
+_CACHE: dict[tuple, ImageDataset] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator registering ``loader(split, root, download) -> ImageDataset`` (CPU tensors) under ``name``."""
+
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`make_dataset` (``digits`` only when scikit-learn is installed)."""
+    names = sorted(_LOADERS)
+    if "digits" in names and not _sklearn_available():
+        names.remove("digits")
+    return names
+
+
+def _sklearn_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is not None
+
+
+def make_dataset(
+    name: str,
+    split: Split = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    device: str | torch.device = "cpu",
+) -> ImageDataset:
+    """Load a dataset split once per process as uint8 tensors on ``device``.
+
+    Args:
+        name: One of :func:`available_datasets` (case-insensitive; ``"cifar-100"`` also works).
+        split: ``"train"`` or ``"test"`` (Tiny-ImageNet's labelled ``val`` split is its ``"test"``).
+        root: Folder holding real datasets; default ``$VITSKIP_DATA`` or the user cache folder.
+        download: Fetch a missing real dataset with torchvision's downloader. Never implied.
+        device: Where the tensors live; all later indexing and normalisation happens there.
+
+    Raises:
+        ValueError: Unknown name or split (the message lists the valid ones).
+        FileNotFoundError: A real dataset is missing (the message names the folder and the fix).
+    """
+    key_name = name.lower().replace("-", "").replace("_", "")
+    if key_name not in _LOADERS:
+        hint = difflib.get_close_matches(key_name, list(_LOADERS), n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"Unknown dataset {name!r}; available: {sorted(_LOADERS)}.{extra}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    device = torch.device(device)
+    key = (key_name, split, str(root_path.resolve()) if key_name != "shapes" else "", str(device))
+    if key not in _CACHE:
+        cpu_key = (*key[:3], "cpu")
+        ds = _CACHE.get(cpu_key) or _LOADERS[key_name](split, root_path, download)
+        _CACHE[cpu_key] = ds
+        _CACHE[key] = ds.to(device)
+    return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget every dataset loaded in this process (frees their memory)."""
+    _CACHE.clear()
+
+
+@register_dataset("shapes")
+def _load_shapes(split: str, root: Path, download: bool) -> ImageDataset:
+    from .shapes import SHAPE_CLASSES, generate_split
+
+    images, labels, difficulty = generate_split(split)
+    return ImageDataset(
+        "shapes", split, torch.from_numpy(images), torch.from_numpy(labels), list(SHAPE_CLASSES),
+        HALF, HALF, torch.from_numpy(difficulty),
+    )
+
+
+def _hwc_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8 (N, H, W, 3)`` numpy -> contiguous ``uint8 (N, 3, H, W)`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
