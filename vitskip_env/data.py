@@ -60,9 +60,7 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(
-                f"images must be uint8 (N, 3, H, W); got {self.images.dtype} {tuple(self.images.shape)}"
-            )
+            raise ValueError(f"images must be uint8 (N, 3, H, W); got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be ({self.images.shape[0]},); got {tuple(self.labels.shape)}")
         self.labels = self.labels.to(torch.int64)
@@ -106,8 +104,14 @@ class ImageDataset:
             return self
         diff = None if self.difficulty is None else self.difficulty.to(device)
         return ImageDataset(
-            self.name, self.split, self.images.to(device), self.labels.to(device), list(self.classes),
-            self.mean, self.std, diff,
+            self.name,
+            self.split,
+            self.images.to(device),
+            self.labels.to(device),
+            list(self.classes),
+            self.mean,
+            self.std,
+            diff,
         )
 
 
@@ -207,11 +211,21 @@ def _load_shapes(split: str, root: Path, download: bool) -> ImageDataset:
 
     images, labels, difficulty = generate_split(split)
     return ImageDataset(
-        "shapes", split, torch.from_numpy(images), torch.from_numpy(labels), list(SHAPE_CLASSES),
-        HALF, HALF, torch.from_numpy(difficulty),
+        "shapes",
+        split,
+        torch.from_numpy(images),
+        torch.from_numpy(labels),
+        list(SHAPE_CLASSES),
+        HALF,
+        HALF,
+        torch.from_numpy(difficulty),
     )
 
 
 def _hwc_to_tensor(images: np.ndarray) -> torch.Tensor:
     """``uint8 (N, H, W, 3)`` numpy -> contiguous ``uint8 (N, 3, H, W)`` tensor."""
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+# Registers cifar10, cifar100, tinyimagenet and digits; at the bottom because it imports the names above.
+from . import datasets_real  # noqa: E402, F401

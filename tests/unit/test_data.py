@@ -1,0 +1,284 @@
+"""Dataset registry: real-dataset loaders on miniature on-disk copies (CPU, offline, no downloads)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets as tv_datasets
+
+from vitskip_env import data
+from vitskip_env.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, make_dataset
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep every cache inside tmp_path and start each test with an empty per-process dataset cache."""
+    monkeypatch.setenv("VITSKIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VITSKIP_DATA", str(tmp_path / "default-data"))
+    data.clear_cache()
+    yield
+    data.clear_cache()
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _dump(path: Path, obj: dict) -> str:
+    path.write_bytes(pickle.dumps(obj))
+    return _md5(path)
+
+
+def _random_batch(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` CIFAR images as torchvision stores them: ``uint8 (n, 3072)``, each row CHW row-major."""
+    return rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+
+
+def _chw_rows_to_nchw(rows: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rows.reshape(-1, 3, 32, 32))
+
+
+@pytest.fixture
+def mini_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A 5+3 image CIFAR-100 in torchvision's format; the expected md5s are those of these files."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "data" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    fine_names = ["apple", "bee", "cloud", "dolphin"]
+    splits = {}
+    for name, n in (("train", 5), ("test", 3)):
+        rows = _random_batch(rng, n)
+        fine = rng.integers(0, len(fine_names), size=n).tolist()
+        md5 = _dump(
+            folder / name,
+            {
+                "data": rows,
+                "fine_labels": fine,
+                "coarse_labels": [0] * n,
+                "filenames": [f"{name}_{i}.png" for i in range(n)],
+            },
+        )
+        splits[name] = (rows, fine, md5)
+    meta_md5 = _dump(folder / "meta", {"fine_label_names": fine_names, "coarse_label_names": ["all"]})
+    cls = tv_datasets.CIFAR100
+    monkeypatch.setattr(cls, "train_list", [["train", splits["train"][2]]])
+    monkeypatch.setattr(cls, "test_list", [["test", splits["test"][2]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
+    return {"root": tmp_path / "data", "splits": splits, "classes": fine_names}
+
+
+@pytest.fixture
+def mini_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A CIFAR-10 with five 2-image train batches and a 3-image test batch, in torchvision's format."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"class{i}" for i in range(10)]
+    train_list, train_rows, train_labels = [], [], []
+    for b in range(1, 6):
+        rows, labels = _random_batch(rng, 2), rng.integers(0, 10, size=2).tolist()
+        train_list.append([f"data_batch_{b}", _dump(folder / f"data_batch_{b}", {"data": rows, "labels": labels})])
+        train_rows.append(rows)
+        train_labels += labels
+    test_rows, test_labels = _random_batch(rng, 3), rng.integers(0, 10, size=3).tolist()
+    test_md5 = _dump(folder / "test_batch", {"data": test_rows, "labels": test_labels})
+    meta_md5 = _dump(folder / "batches.meta", {"label_names": names})
+    cls = tv_datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", train_list)
+    monkeypatch.setattr(cls, "test_list", [["test_batch", test_md5]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
+    splits = {"train": (np.concatenate(train_rows), train_labels), "test": (test_rows, test_labels)}
+    return {"root": tmp_path / "data", "splits": splits, "classes": names}
+
+
+def _check_roundtrip(ds: data.ImageDataset, rows: np.ndarray, labels: list[int], classes: list[str]) -> None:
+    assert ds.images.dtype == torch.uint8 and ds.labels.dtype == torch.int64
+    assert ds.images.device.type == "cpu" and ds.images.is_contiguous()
+    assert torch.equal(ds.images, _chw_rows_to_nchw(rows))
+    assert ds.labels.tolist() == labels
+    assert ds.classes == classes
+    assert ds.mean == CIFAR_MEAN and ds.std == CIFAR_STD
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar100_roundtrip_through_torchvision(mini_cifar100: dict, split: str) -> None:
+    rows, fine, _ = mini_cifar100["splits"][split]
+    ds = make_dataset("cifar-100", split, root=mini_cifar100["root"])
+    assert ds.name == "cifar100" and ds.split == split
+    _check_roundtrip(ds, rows, fine, mini_cifar100["classes"])
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar10_roundtrip_through_torchvision(mini_cifar10: dict, split: str) -> None:
+    rows, labels = mini_cifar10["splits"][split]
+    ds = make_dataset("CIFAR_10", split, root=mini_cifar10["root"])
+    assert len(ds) == len(labels)
+    _check_roundtrip(ds, rows, labels, mini_cifar10["classes"])
+
+
+def test_cifar_corrupted_file_is_reported_as_missing(mini_cifar100: dict) -> None:
+    (mini_cifar100["root"] / "cifar-100-python" / "test").write_bytes(b"truncated")
+    with pytest.raises(FileNotFoundError, match="download"):
+        make_dataset("cifar100", "test", root=mini_cifar100["root"])
+
+
+def test_normalize_known_pixel(mini_cifar100: dict) -> None:
+    ds = make_dataset("cifar100", "train", root=mini_cifar100["root"])
+    pixel = ds.images[:1, :, :1, :1]
+    out = ds.normalize(pixel)
+    expected = [(int(pixel[0, c, 0, 0]) / 255 - CIFAR_MEAN[c]) / CIFAR_STD[c] for c in range(3)]
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 1, 1)
+    assert out.flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    white = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+    assert ds.normalize(white)[0, 0, 0, 0].item() == pytest.approx((1 - 0.4914) / 0.2470, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("tinyimagenet", "tiny-imagenet-200")],
+)
+def test_missing_dataset_names_folder_and_fix(tmp_path: Path, name: str, folder: str) -> None:
+    root = tmp_path / "nothing-here"
+    with pytest.raises(FileNotFoundError) as info:
+        make_dataset(name, "test", root=root)
+    message = str(info.value)
+    assert str(root / folder) in message and "download" in message and "VITSKIP_DATA" in message
+    assert not root.exists()  # nothing was fetched or created
+
+
+# ------------------------------------------------------------------------------------- Tiny-ImageNet
+WNIDS = ["n03000000", "n01000000", "n02000000"]  # deliberately unsorted: the file order is the class order
+COLORS = {"n03000000": (200, 30, 30), "n01000000": (30, 200, 30), "n02000000": (30, 30, 200)}
+
+
+def _solid(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 64), mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = color[0] if mode == "L" else color
+    Image.new(mode, size, value).save(path, "JPEG", quality=95)
+
+
+@pytest.fixture
+def mini_tiny(tmp_path: Path) -> dict:
+    """3 classes x 4 train images and 6 val images; one val image is grayscale, one is 80x48."""
+    base = tmp_path / "data" / "tiny-imagenet-200"
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
+    (base / "words.txt").write_text("n01000000\tgoldfish, Carassius auratus\nn02000000\tcrane\nn03000000\tcrane\n")
+    for wnid in WNIDS:
+        for i in range(4):
+            _solid(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLORS[wnid])
+    val = [("n02000000", "RGB", (64, 64)), ("n01000000", "L", (64, 64)), ("n03000000", "RGB", (80, 48))]
+    val += [("n01000000", "RGB", (64, 64)), ("n03000000", "RGB", (64, 64)), ("n02000000", "RGB", (64, 64))]
+    lines = []
+    for i, (wnid, mode, size) in enumerate(val):
+        _solid(base / "val" / "images" / f"val_{i}.JPEG", COLORS[wnid], size, mode)
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return {"root": tmp_path / "data", "val": val}
+
+
+@pytest.fixture
+def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count ``PIL.Image.open`` calls (i.e. JPEG decodes)."""
+    calls = [0]
+    real_open = Image.open
+
+    def counting_open(*args: object, **kwargs: object) -> Image.Image:
+        calls[0] += 1
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return calls
+
+
+def test_tinyimagenet_val_labels_rgb_and_resize(mini_tiny: dict) -> None:
+    ds = make_dataset("tiny-imagenet", "test", root=mini_tiny["root"])
+    assert ds.images.shape == (6, 3, 64, 64) and ds.images.dtype == torch.uint8
+    assert ds.labels.dtype == torch.int64
+    assert ds.labels.tolist() == [WNIDS.index(w) for w, _, _ in mini_tiny["val"]]
+    assert ds.classes == ["crane (n03000000)", "goldfish", "crane (n02000000)"]
+    assert ds.mean == IMAGENET_MEAN
+    for img, (wnid, mode, _) in zip(ds.images, mini_tiny["val"], strict=True):
+        expected = torch.tensor(COLORS[wnid]).view(3, 1, 1)
+        if mode == "L":  # grayscale -> three equal channels
+            assert torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])
+            expected = torch.full((3, 1, 1), COLORS[wnid][0])
+        assert (img.int() - expected).abs().max() <= 4
+
+
+def test_tinyimagenet_train_uses_wnids_file_order(mini_tiny: dict) -> None:
+    ds = make_dataset("tinyimagenet", "train", root=mini_tiny["root"])
+    assert ds.images.shape == (12, 3, 64, 64)
+    assert ds.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    for label, wnid in enumerate(WNIDS):
+        mean_color = ds.images[ds.labels == label].float().mean(dim=(0, 2, 3))
+        assert torch.allclose(mean_color, torch.tensor(COLORS[wnid], dtype=torch.float32), atol=4)
+
+
+def test_tinyimagenet_decoded_cache_is_reused(mini_tiny: dict, tmp_path: Path, count_opens: list[int]) -> None:
+    first = make_dataset("tinyimagenet", "test", root=mini_tiny["root"])
+    assert count_opens[0] == 6
+    cached = list((tmp_path / "home" / "decoded").glob("tinyimagenet-test-*.npz"))
+    assert len(cached) == 1
+    data.clear_cache()
+    second = make_dataset("tinyimagenet", "test", root=mini_tiny["root"])
+    assert count_opens[0] == 6  # no JPEG decoded the second time
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    # Touching the annotations invalidates the cache (a new stamp) and decodes again.
+    annotations = mini_tiny["root"] / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    stat = annotations.stat()
+    os.utime(annotations, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data.clear_cache()
+    make_dataset("tinyimagenet", "test", root=mini_tiny["root"])
+    assert count_opens[0] == 12
+
+
+def test_tinyimagenet_bad_annotation_line(mini_tiny: dict) -> None:
+    annotations = mini_tiny["root"] / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text("val_0.JPEG\tn09999999\t0\t0\t1\t1\n")
+    with pytest.raises(ValueError, match=r"wnids\.txt"):
+        make_dataset("tinyimagenet", "test", root=mini_tiny["root"])
+
+
+# -------------------------------------------------------------------------------------------- digits
+def test_digits_split_is_disjoint_complete_and_deterministic() -> None:
+    train = make_dataset("digits", "train")
+    test = make_dataset("digits", "test")
+    assert train.images.shape == (1437, 3, 32, 32) and test.images.shape == (360, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert train.classes == [str(d) for d in range(10)] and train.num_classes == 10
+    assert torch.equal(train.images[:, 0], train.images[:, 2])  # grayscale replicated
+    assert int(train.images.max()) == 255
+    # The 1797 digits are all distinct, so disjoint + complete means the hashes partition 1797 images.
+    train_keys = {img.numpy().tobytes() for img in train.images}
+    test_keys = {img.numpy().tobytes() for img in test.images}
+    assert len(train_keys) + len(test_keys) == 1797 and not train_keys & test_keys
+    counts = torch.bincount(torch.cat([train.labels, test.labels]), minlength=10)
+    assert counts.sum() == 1797 and (counts > 150).all()
+    data.clear_cache()
+    again = make_dataset("digits", "train")
+    assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
+
+
+def test_digits_without_sklearn_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"vitskip\[digits\]"):
+        make_dataset("digits", "test")
+
+
+# ---------------------------------------------------------------------------------------- registry
+def test_registered_names_and_unknown_name() -> None:
+    assert {"cifar10", "cifar100", "tinyimagenet", "digits"} <= set(data.available_datasets())
+    with pytest.raises(ValueError, match="Did you mean 'cifar100'"):
+        make_dataset("cifar1000")
+    with pytest.raises(ValueError, match="split must be"):
+        make_dataset("digits", "val")  # type: ignore[arg-type]
