@@ -21,6 +21,7 @@ from torch import nn
 
 from ._io import atomic_path, atomic_write_text
 from .presets import PRESETS, preset_spec, suggest_preset
+from .stems import resolve_stem
 
 FORMAT = "vitskip-backbone"
 FORMAT_VERSION = 1
@@ -273,7 +274,7 @@ def _create(
             )
         model_name, kwargs = name, {}
     kwargs.update(overrides)
-    create_kwargs: dict[str, Any] = dict(kwargs)
+    create_kwargs = resolve_stem(kwargs)
     if pretrained_file is not None:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
@@ -318,7 +319,9 @@ def load_backbone(
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"No backbone at {str(path)!r}. Train one with `python train/backbone.py` or pass a preset name.")
+        raise FileNotFoundError(
+            f"No backbone at {str(path)!r}. Train one with `python train/backbone.py` or pass a preset name."
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
@@ -335,7 +338,9 @@ def load_backbone(
         )
     config = json.loads(header["vitskip"])
     if config.get("format") != FORMAT:
-        raise ValueError(f"{str(path)!r} holds a {config.get('format')!r}, not a {FORMAT!r}; load it with the matching loader.")
+        raise ValueError(
+            f"{str(path)!r} holds a {config.get('format')!r}, not a {FORMAT!r}; load it with the matching loader."
+        )
     if num_classes is not None and int(config["num_classes"]) != num_classes:
         raise ValueError(
             f"{str(path)!r} was trained for {config['num_classes']} classes (dataset {config.get('dataset', '?')!r}), "

@@ -8,7 +8,7 @@ is accepted wherever a preset name is.
 preset    timm architecture                          image    patch   depth  width   tokens
 ========  =========================================  =======  ======  =====  ======  ========
 micro     vit_tiny_patch16_224 (tests)               32       8       4      32      17
-demo      vit_tiny_patch16_224                       32       8       8      128     17
+demo      vit_tiny_patch16_224 + conv stem           32       8       8      128     17
 tiny      vit_tiny_patch16_224                       32       4       12     192     65
 small     vit_small_patch16_224                      32       4       12     384     65
 base      vit_base_patch16_224                       32       4       12     768     65
@@ -28,7 +28,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "model_name": "vit_tiny_patch16_224",
-        "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 128, "depth": 8, "num_heads": 4, "mlp_ratio": 3.0},
+        "kwargs": {
+            "img_size": 32,
+            "patch_size": 8,
+            "embed_dim": 128,
+            "depth": 8,
+            "num_heads": 4,
+            "mlp_ratio": 3.0,
+            "stem": "conv",
+        },
     },
     "tiny": {"model_name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4}},
     "small": {"model_name": "vit_small_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4}},

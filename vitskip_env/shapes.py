@@ -32,13 +32,22 @@ import torch.nn.functional as F
 from ._io import atomic_path
 
 SHAPE_CLASSES: tuple[str, ...] = (
-    "circle", "square", "triangle", "plus", "ring", "star", "crescent", "bar", "ell", "frame",
+    "circle",
+    "square",
+    "triangle",
+    "plus",
+    "ring",
+    "star",
+    "crescent",
+    "bar",
+    "ell",
+    "frame",
 )
 IMAGE_SIZE = 32
 SPLIT_SIZES = {"train": 50_000, "test": 10_000}
 SPLIT_SEEDS = {"train": 20_251_121, "test": 70_251_121}
 #: Bump when rendering changes, so stale disk caches are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SS = 2  # supersampling factor
 _CHUNK = 2_000
 
@@ -109,17 +118,22 @@ def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[tor
     bg_mid = 0.5 * (bg0 + bg1)
 
     # Foreground colour at a distance that shrinks with the contrast factor.
+    # Mostly a brightness step (either sign) with some colour, so the silhouette is an edge that a
+    # few filters can find, whatever the hues.
     contrast = 0.85 - 0.5 * f_con
-    direction = _unit_vectors(n, g)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    direction = sign[:, None] * torch.full((n, 3), 3**-0.5) + 0.45 * _unit_vectors(n, g)
+    direction = direction / direction.norm(dim=1, keepdim=True)
     fg = bg_mid + contrast[:, None] * direction
     out_of_range = ((fg < 0) | (fg > 1)).any(1, keepdim=True)
     fg = torch.where(out_of_range, bg_mid - contrast[:, None] * direction, fg).clamp(0, 1)
 
     # The shape itself.
     radius = (10.0 - 4.5 * f_scale) * (0.9 + 0.2 * torch.rand(n, generator=g))
-    margin = radius + 1.0
-    cx = margin + torch.rand(n, generator=g) * (IMAGE_SIZE - 2 * margin)
-    cy = margin + torch.rand(n, generator=g) * (IMAGE_SIZE - 2 * margin)
+    # Centre jitter grows with difficulty (up to wherever the shape still fits).
+    reach = ((IMAGE_SIZE / 2 - radius - 1.0) * (0.3 + 0.7 * f_scale)).clamp_min(0.0)
+    cx = IMAGE_SIZE / 2 + reach * (2 * torch.rand(n, generator=g) - 1)
+    cy = IMAGE_SIZE / 2 + reach * (2 * torch.rand(n, generator=g) - 1)
     rot = torch.rand(n, generator=g) * 2 * math.pi
     dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
     cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]

@@ -1,0 +1,228 @@
+"""Train or fine-tune a ViT backbone that is robust to skipping blocks.
+
+Per image and per step, every block is dropped with probability ``--block-drop`` (LayerDrop /
+block-level stochastic depth, really skipped: dropped blocks cost nothing in training either), so
+the backbone keeps working when an agent later skips blocks. AdamW, linear warm-up then cosine,
+label smoothing, random crop + flip.
+
+    python train/backbone.py                                   # shapes + demo -> the default backbone
+    python train/backbone.py --dataset cifar100 --preset tiny --data-root ~/data --download
+    torchrun --nproc-per-node 2 train/backbone.py --epochs 1   # data parallel (gloo on CPU)
+
+Writes ``<out>.safetensors`` (+ ``.json``) where the environments look by default
+(``$VITSKIP_HOME/backbones/<preset>-<dataset>.safetensors``), a resumable ``<out>.ckpt.pt``
+every epoch and ``<out>.log.csv`` with the evaluation history.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import common
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import tyro
+from tqdm import tqdm
+
+from vitskip_env import SkippableViT, load_backbone, make_dataset
+from vitskip_env._io import atomic_path, atomic_write_text
+from vitskip_env.augment import random_crop_flip
+from vitskip_env.evaluate import evaluate_backbone, random_skip_top1
+from vitskip_env.presets import user_backbone_path
+
+
+@dataclass
+class Args:
+    dataset: str = "shapes"
+    """dataset name (shapes, digits, cifar10, cifar100, tinyimagenet)"""
+    preset: str = "demo"
+    """model preset (micro, demo, tiny, small, base) or any timm ViT/DeiT name"""
+    init: str | None = None
+    """start from this backbone file (fine-tune) instead of random weights"""
+    pretrained_file: str | None = None
+    """local timm checkpoint to start from (head re-initialised for the dataset)"""
+    data_root: str | None = None
+    """folder of real datasets (default $VITSKIP_DATA or the user cache)"""
+    download: bool = False
+    """download a missing real dataset"""
+    epochs: int = 20
+    """passes over the training split"""
+    batch_size: int = 128
+    """images per step (per process under torchrun)"""
+    lr: float = 1.5e-3
+    """peak AdamW learning rate"""
+    warmup_epochs: float = 1.0
+    """linear warm-up length"""
+    min_lr_ratio: float = 0.02
+    """cosine floor as a fraction of the peak"""
+    weight_decay: float = 0.05
+    """AdamW weight decay"""
+    label_smoothing: float = 0.1
+    """cross-entropy label smoothing"""
+    block_drop: float = 0.2
+    """per-image probability of skipping each block during training (0 disables)"""
+    augment: bool = True
+    """random crop (pad 4) + horizontal flip"""
+    eval_every: int = 2
+    """evaluate every N epochs"""
+    eval_images: int | None = None
+    """score only the first N test images (default: the whole split)"""
+    seed: int = 0
+    """random seed"""
+    device: str = "auto"
+    """cpu, cuda, cuda:1 or auto"""
+    threads: int | None = None
+    """CPU threads (default: all)"""
+    out: str | None = None
+    """backbone file to write (default: $VITSKIP_HOME/backbones/<preset>-<dataset>.safetensors)"""
+    resume: bool = True
+    """continue from <out>.ckpt.pt when it exists"""
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine down to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_model(args: Args, num_classes: int, device: torch.device) -> SkippableViT:
+    if args.init:
+        return load_backbone(args.init, num_classes=num_classes, device=device).train()
+    return SkippableViT(args.preset, num_classes=num_classes, pretrained_file=args.pretrained_file).to(device)
+
+
+def main(args: Args) -> Path:
+    rank, local_rank, world = common.distributed_info()
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
+    device = common.resolve_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    common.set_threads(args.threads)
+    common.seed_everything(args.seed)
+
+    train = make_dataset(args.dataset, "train", args.data_root, args.download, device)
+    test = make_dataset(args.dataset, "test", args.data_root, args.download, device)
+    model = build_model(args, train.num_classes, device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+
+    out = Path(args.out).expanduser() if args.out else user_backbone_path(args.preset, args.dataset)
+    ckpt_path = out.with_suffix(".ckpt.pt")
+    log_path = out.with_suffix(".log.csv")
+    steps_per_epoch = len(train) // (args.batch_size * world)
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, args.min_lr_ratio))
+    start_epoch, history, elapsed = 0, [], 0.0
+    if args.resume and ckpt_path.exists():
+        # weights_only=True: the checkpoint holds tensors and plain containers only, nothing is unpickled.
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.vit.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, history, elapsed = state["epoch"], state["history"], state["elapsed"]
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at epoch {start_epoch}/{args.epochs}")
+
+    g = torch.Generator(device=device)
+    for epoch in range(start_epoch, args.epochs):
+        t0 = time.perf_counter()
+        g.manual_seed(args.seed * 1000 + epoch)  # the same order on every rank, then sharded
+        perm = torch.randperm(len(train), device=device, generator=g)[rank::world]
+        model.train()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+        for step in bar:
+            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
+            images = train.images[idx]
+            if args.augment:
+                images = random_crop_flip(images, generator=g)
+            x = train.normalize(images)
+            mask = (
+                torch.rand(idx.numel(), model.depth, device=device, generator=g) >= args.block_drop
+                if args.block_drop > 0
+                else None
+            )
+            loss = F.cross_entropy(ddp(x, execute_mask=mask), train.labels[idx], label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        elapsed += time.perf_counter() - t0
+        if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            row = {
+                "epoch": epoch + 1,
+                "minutes": round(elapsed / 60, 2),
+                "loss": round(loss.item(), 4),
+                **_evaluate(model, test, args),
+            }
+            history.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            _save(model, out, args, train, history, elapsed)
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(
+                    {
+                        "model": model.vit.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "elapsed": elapsed,
+                    },
+                    tmp,
+                )
+            header = ",".join(history[0])
+            atomic_write_text(
+                log_path, header + "\n" + "\n".join(",".join(str(r[k]) for k in history[0]) for r in history) + "\n"
+            )
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"backbone written to {out}")
+    return out
+
+
+def _evaluate(model: SkippableViT, test, args: Args) -> dict[str, float]:
+    kw = {"limit": args.eval_images}
+    return {
+        "top1": round(evaluate_backbone(model, test, **kw)["top1"], 2),
+        "top1_skip25": round(random_skip_top1(model, test, 0.25, seed=args.seed, **kw), 2),
+        "top1_skip50": round(random_skip_top1(model, test, 0.50, seed=args.seed, **kw), 2),
+    }
+
+
+def _save(model: SkippableViT, out: Path, args: Args, train, history: list[dict], elapsed: float) -> None:
+    model.save(
+        out,
+        dataset=args.dataset,
+        mean=list(train.mean),
+        std=list(train.std),
+        image_size=train.image_size,
+        classes=list(train.classes),
+        preset=args.preset,
+        training={
+            "script": "train/backbone.py",
+            "args": asdict(args),
+            "history": history,
+            "minutes": round(elapsed / 60, 2),
+            "torch": torch.__version__,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,50 @@
+"""Batched, device-side augmentation of uint8 image batches (no per-image Python loop)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop_flip(
+    images: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random crop after reflection padding by ``pad`` pixels, then random horizontal flip.
+
+    Args:
+        images: ``(B, C, H, W)`` batch (any dtype; uint8 stays uint8).
+        pad: Padding on each side; each image is shifted by up to ``pad`` pixels.
+        flip: Flip each image left-right with probability 1/2.
+        generator: Torch generator on the images' device, for reproducible augmentation.
+
+    Returns:
+        A new batch of the same shape and dtype.
+    """
+    b, c, h, w = images.shape
+    dev = images.device
+    out = images
+    if pad > 0:
+        padded = F.pad(images.float(), (pad, pad, pad, pad), mode="reflect").to(images.dtype)
+        dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+        rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])[:, None, None, :]
+        bidx = torch.arange(b, device=dev)[:, None, None, None]
+        cidx = torch.arange(c, device=dev)[None, :, None, None]
+        out = padded[bidx, cidx, rows, cols]
+    if flip:
+        flips = torch.rand(b, device=dev, generator=generator) < 0.5
+        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def random_skip_mask(
+    batch: int, depth: int, skip_fraction: float, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``bool (batch, depth)`` execute mask skipping exactly ``round(skip_fraction * depth)`` random blocks per image."""
+    if not 0.0 <= skip_fraction <= 1.0:
+        raise ValueError(f"skip_fraction must be in [0, 1], got {skip_fraction}")
+    n_skip = round(skip_fraction * depth)
+    scores = torch.rand(batch, depth, device=device, generator=generator)
+    ranks = scores.argsort(1).argsort(1)
+    return ranks >= n_skip
