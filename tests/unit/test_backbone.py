@@ -140,7 +140,7 @@ def test_load_errors_are_clear(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(foreign))
     with pytest.raises(ValueError, match="not written by vitskip"):
         load_backbone(foreign)
-    with pytest.raises(FileNotFoundError, match="train/backbone.py"):
+    with pytest.raises(FileNotFoundError, match=r"train/backbone\.py"):
         load_backbone(tmp_path / "missing.safetensors")
 
 
