@@ -67,6 +67,8 @@ class Args:
     """per-image probability of skipping each block during training (0 disables)"""
     augment: bool = True
     """random crop (pad 4) + horizontal flip"""
+    train_images: int | None = None
+    """use only the first N images of the (shuffled) training split, for quick runs"""
     eval_every: int = 2
     """evaluate every N epochs"""
     eval_images: int | None = None
@@ -119,81 +121,105 @@ def main(args: Args) -> Path:
 
     out = Path(args.out).expanduser() if args.out else user_backbone_path(args.preset, args.dataset)
     ckpt_path = out.with_suffix(".ckpt.pt")
-    log_path = out.with_suffix(".log.csv")
-    steps_per_epoch = len(train) // (args.batch_size * world)
+    n_train = len(train) if args.train_images is None else min(args.train_images, len(train))
+    steps_per_epoch = n_train // (args.batch_size * world)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n_train} training images make no full batch of {args.batch_size} x {world} processes")
     total = steps_per_epoch * args.epochs
     warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, args.min_lr_ratio))
-    start_epoch, history, elapsed = 0, [], 0.0
-    if args.resume and ckpt_path.exists():
-        # weights_only=True: the checkpoint holds tensors and plain containers only, nothing is unpickled.
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.vit.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start_epoch, history, elapsed = state["epoch"], state["history"], state["elapsed"]
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at epoch {start_epoch}/{args.epochs}")
-
     g = torch.Generator(device=device)
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        g.manual_seed(args.seed * 1000 + epoch)  # the same order on every rank, then sharded
-        perm = torch.randperm(len(train), device=device, generator=g)[rank::world]
-        model.train()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
-        for step in bar:
-            idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
-            images = train.images[idx]
-            if args.augment:
-                images = random_crop_flip(images, generator=g)
-            x = train.normalize(images)
-            mask = (
-                torch.rand(idx.numel(), model.depth, device=device, generator=g) >= args.block_drop
-                if args.block_drop > 0
-                else None
+    state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0}
+    if args.resume and ckpt_path.exists():
+        # weights_only=True: the checkpoint holds tensors and plain containers only; nothing arbitrary is unpickled.
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.vit.load_state_dict(ckpt.pop("model"))
+        opt.load_state_dict(ckpt.pop("opt"))
+        sched.load_state_dict(ckpt.pop("sched"))
+        state = ckpt
+        if rank == 0:
+            print(
+                f"resumed from {ckpt_path} at epoch {state['epoch']} step {state['step']} of {args.epochs} x {steps_per_epoch}"
             )
-            loss = F.cross_entropy(ddp(x, execute_mask=mask), train.labels[idx], label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        elapsed += time.perf_counter() - t0
-        if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            row = {
-                "epoch": epoch + 1,
-                "minutes": round(elapsed / 60, 2),
-                "loss": round(loss.item(), 4),
-                **_evaluate(model, test, args),
-            }
-            history.append(row)
-            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-            _save(model, out, args, train, history, elapsed)
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.vit.state_dict(),
-                        "opt": opt.state_dict(),
-                        "sched": sched.state_dict(),
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "elapsed": elapsed,
-                    },
-                    tmp,
-                )
-            header = ",".join(history[0])
-            atomic_write_text(
-                log_path, header + "\n" + "\n".join(",".join(str(r[k]) for k in history[0]) for r in history) + "\n"
+
+    def save_checkpoint() -> None:
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.vit.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), **state}, tmp)
+
+    try:
+        while state["epoch"] < args.epochs:
+            epoch = state["epoch"]
+            t0 = time.perf_counter()
+            g.manual_seed(args.seed * 1000 + epoch)  # the same order on every rank, then sharded
+            perm = torch.randperm(len(train), device=device, generator=g)[:n_train][rank::world]
+            if state["step"] and "rng" in state:
+                g.set_state(state["rng"].cpu())
+            model.train()
+            bar = tqdm(
+                range(state["step"], steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{args.epochs}",
+                disable=rank != 0,
+                leave=False,
+                initial=state["step"],
+                total=steps_per_epoch,
             )
+            for step in bar:
+                idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
+                loss = _train_step(ddp, model, opt, train, idx, args, g)
+                sched.step()
+                state["step"], state["rng"] = step + 1, g.get_state()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            state["elapsed"] += time.perf_counter() - t0
+            state.update(epoch=epoch + 1, step=0)
+            state.pop("rng", None)
+            if rank == 0 and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+                row = {"epoch": epoch + 1, "minutes": round(state["elapsed"] / 60, 2), "loss": round(loss, 4)}
+                row.update(_evaluate(model, test, args))
+                state["history"].append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+                _save(model, out, args, train, state["history"], state["elapsed"])
+                _write_log(out.with_suffix(".log.csv"), state["history"])
+            if rank == 0:
+                save_checkpoint()
+    except KeyboardInterrupt:
+        if rank == 0:
+            state["elapsed"] += time.perf_counter() - t0
+            save_checkpoint()
+            print(
+                f"\ninterrupted: checkpoint at epoch {state['epoch']} step {state['step']} in {ckpt_path}; "
+                "run the same command again to resume (or pass --no-resume to start over)"
+            )
+        raise SystemExit(130) from None
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         print(f"backbone written to {out}")
     return out
+
+
+def _train_step(ddp, model: SkippableViT, opt, train, idx: torch.Tensor, args: Args, g: torch.Generator) -> float:
+    """One AdamW step on the images ``idx``; each image skips each block with probability ``block_drop``."""
+    images = train.images[idx]
+    if args.augment:
+        images = random_crop_flip(images, generator=g)
+    x = train.normalize(images)
+    mask = None
+    if args.block_drop > 0:
+        mask = torch.rand(idx.numel(), model.depth, device=x.device, generator=g) >= args.block_drop
+    loss = F.cross_entropy(ddp(x, execute_mask=mask), train.labels[idx], label_smoothing=args.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    keys = list(history[0])
+    lines = [",".join(keys)] + [",".join(str(row[k]) for k in keys) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _evaluate(model: SkippableViT, test, args: Args) -> dict[str, float]:
