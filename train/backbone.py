@@ -186,6 +186,7 @@ def main(args: Args) -> Path:
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                 _save(model, out, args, train, state["history"], state["elapsed"])
                 _write_log(out.with_suffix(".log.csv"), state["history"])
+                _write_record(out.with_suffix(".md"), args, state["history"])
             if rank == 0:
                 save_checkpoint()
     except KeyboardInterrupt:
@@ -232,6 +233,21 @@ def _train_step(ddp, model: SkippableViT, opt, train, idx: torch.Tensor, args: A
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss.item()
+
+
+def _write_record(path: Path, args: Args, history: list[dict]) -> None:
+    """A human-readable record of how the backbone was made and what it reaches (regenerated every evaluation)."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(args).items() if v != getattr(Args, k, None))
+    keys = list(history[0])
+    rows = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    rows += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in history]
+    text = (
+        f"# Backbone `{path.stem}`\n\nMade by:\n\n```bash\npython train/backbone.py {flags}\n```\n\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device `{args.device}`. `minutes` counts "
+        "training time only (evaluation excluded). `top1_skip25` / `top1_skip50`: every test image skips 25% / 50% of "
+        "its blocks, chosen at random (fixed seed).\n\n" + "\n".join(rows) + "\n"
+    )
+    atomic_write_text(path, text)
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import COLORS, WNIDS, chw_rows_to_nchw
 from PIL import Image
-from torchvision import datasets as tv_datasets
 
 from vitskip_env import data
 from vitskip_env.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, make_dataset
@@ -29,81 +27,10 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     data.clear_cache()
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _dump(path: Path, obj: dict) -> str:
-    path.write_bytes(pickle.dumps(obj))
-    return _md5(path)
-
-
-def _random_batch(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` CIFAR images as torchvision stores them: ``uint8 (n, 3072)``, each row CHW row-major."""
-    return rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
-
-
-def _chw_rows_to_nchw(rows: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rows.reshape(-1, 3, 32, 32))
-
-
-@pytest.fixture
-def mini_cifar100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A 5+3 image CIFAR-100 in torchvision's format; the expected md5s are those of these files."""
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "data" / "cifar-100-python"
-    folder.mkdir(parents=True)
-    fine_names = ["apple", "bee", "cloud", "dolphin"]
-    splits = {}
-    for name, n in (("train", 5), ("test", 3)):
-        rows = _random_batch(rng, n)
-        fine = rng.integers(0, len(fine_names), size=n).tolist()
-        md5 = _dump(
-            folder / name,
-            {
-                "data": rows,
-                "fine_labels": fine,
-                "coarse_labels": [0] * n,
-                "filenames": [f"{name}_{i}.png" for i in range(n)],
-            },
-        )
-        splits[name] = (rows, fine, md5)
-    meta_md5 = _dump(folder / "meta", {"fine_label_names": fine_names, "coarse_label_names": ["all"]})
-    cls = tv_datasets.CIFAR100
-    monkeypatch.setattr(cls, "train_list", [["train", splits["train"][2]]])
-    monkeypatch.setattr(cls, "test_list", [["test", splits["test"][2]]])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
-    return {"root": tmp_path / "data", "splits": splits, "classes": fine_names}
-
-
-@pytest.fixture
-def mini_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A CIFAR-10 with five 2-image train batches and a 3-image test batch, in torchvision's format."""
-    rng = np.random.default_rng(2)
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"class{i}" for i in range(10)]
-    train_list, train_rows, train_labels = [], [], []
-    for b in range(1, 6):
-        rows, labels = _random_batch(rng, 2), rng.integers(0, 10, size=2).tolist()
-        train_list.append([f"data_batch_{b}", _dump(folder / f"data_batch_{b}", {"data": rows, "labels": labels})])
-        train_rows.append(rows)
-        train_labels += labels
-    test_rows, test_labels = _random_batch(rng, 3), rng.integers(0, 10, size=3).tolist()
-    test_md5 = _dump(folder / "test_batch", {"data": test_rows, "labels": test_labels})
-    meta_md5 = _dump(folder / "batches.meta", {"label_names": names})
-    cls = tv_datasets.CIFAR10
-    monkeypatch.setattr(cls, "train_list", train_list)
-    monkeypatch.setattr(cls, "test_list", [["test_batch", test_md5]])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": meta_md5})
-    splits = {"train": (np.concatenate(train_rows), train_labels), "test": (test_rows, test_labels)}
-    return {"root": tmp_path / "data", "splits": splits, "classes": names}
-
-
 def _check_roundtrip(ds: data.ImageDataset, rows: np.ndarray, labels: list[int], classes: list[str]) -> None:
     assert ds.images.dtype == torch.uint8 and ds.labels.dtype == torch.int64
     assert ds.images.device.type == "cpu" and ds.images.is_contiguous()
-    assert torch.equal(ds.images, _chw_rows_to_nchw(rows))
+    assert torch.equal(ds.images, chw_rows_to_nchw(rows))
     assert ds.labels.tolist() == labels
     assert ds.classes == classes
     assert ds.mean == CIFAR_MEAN and ds.std == CIFAR_STD
@@ -156,36 +83,6 @@ def test_missing_dataset_names_folder_and_fix(tmp_path: Path, name: str, folder:
 
 
 # ------------------------------------------------------------------------------------- Tiny-ImageNet
-WNIDS = ["n03000000", "n01000000", "n02000000"]  # deliberately unsorted: the file order is the class order
-COLORS = {"n03000000": (200, 30, 30), "n01000000": (30, 200, 30), "n02000000": (30, 30, 200)}
-
-
-def _solid(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (64, 64), mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = color[0] if mode == "L" else color
-    Image.new(mode, size, value).save(path, "JPEG", quality=95)
-
-
-@pytest.fixture
-def mini_tiny(tmp_path: Path) -> dict:
-    """3 classes x 4 train images and 6 val images; one val image is grayscale, one is 80x48."""
-    base = tmp_path / "data" / "tiny-imagenet-200"
-    base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    (base / "words.txt").write_text("n01000000\tgoldfish, Carassius auratus\nn02000000\tcrane\nn03000000\tcrane\n")
-    for wnid in WNIDS:
-        for i in range(4):
-            _solid(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLORS[wnid])
-    val = [("n02000000", "RGB", (64, 64)), ("n01000000", "L", (64, 64)), ("n03000000", "RGB", (80, 48))]
-    val += [("n01000000", "RGB", (64, 64)), ("n03000000", "RGB", (64, 64)), ("n02000000", "RGB", (64, 64))]
-    lines = []
-    for i, (wnid, mode, size) in enumerate(val):
-        _solid(base / "val" / "images" / f"val_{i}.JPEG", COLORS[wnid], size, mode)
-        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return {"root": tmp_path / "data", "val": val}
-
-
 @pytest.fixture
 def count_opens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count ``PIL.Image.open`` calls (i.e. JPEG decodes)."""
