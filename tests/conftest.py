@@ -9,7 +9,6 @@ import pytest
 import torch
 from fakedata import write_mini_cifar10, write_mini_cifar100, write_mini_tiny
 
-
 #: Generated ``shapes`` splits persist here between test sessions (git-ignored ``.cache/``). Their file
 #: names hash the generator version and the torch version, so a stale file is never read; generating
 #: the 10k-image test split costs 5-15 s on two CPU cores, which every session would otherwise pay.

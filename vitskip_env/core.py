@@ -1,0 +1,222 @@
+"""``SkipCore``: the one batched episode engine behind ``ViTSkipEnv`` (N = 1) and ``ViTSkipVectorEnv``.
+
+It holds N episodes in flight on the device: image indices, labels, token state ``(N, T, D)``, the
+block pointer, the executed mask and the cost spent. Every episode is exactly ``depth`` steps, so
+the batch stays aligned: the block pointer is one integer, and all N episodes end on the same step.
+
+A step: apply the constraints (``always_execute``, ``min_blocks``) to the actions -> run block
+``i`` on the executing rows only (gather / scatter through ``SkippableViT.run_block``; a block no
+row executes is not called) -> reward components -> after the last block, the head and the
+terminal components -> observation of the next block. Everything stays on the device;
+:meth:`SkipCore.to_host` moves one step's results to numpy in a single transfer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbone import SkippableViT
+from .cotrain import Cotrainer
+from .data import ImageDataset
+from .observations import ObservationEncoder
+from .rewards import RewardContext, RewardModel
+
+
+@dataclass
+class CoreStep:
+    """One step of the batch, on the device.
+
+    Attributes:
+        obs: ``(N, obs_dim)`` packed observations of the next block (after the last block: the
+            final token state with an all-zero block one-hot).
+        reward: ``float32 (N,)``.
+        components: Weighted reward components ``{name: (N,)}``; they sum to ``reward``.
+        overridden: ``bool (N,)`` actions turned from skip into execute by a constraint.
+        terminal: Whether the episodes ended with this step (all of them do together).
+        final: On the last step: ``label``, ``prediction``, ``correct``, ``executed_mask``,
+            ``executed_blocks``, ``compute_ratio``, ``image_index`` (and ``difficulty`` when the
+            dataset knows it); else ``None``.
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    components: dict[str, torch.Tensor]
+    overridden: torch.Tensor
+    terminal: bool
+    final: dict[str, torch.Tensor] | None
+
+
+class SkipCore:
+    """N block-skipping episodes in flight on one device.
+
+    Args:
+        backbone: The ViT (eval mode; the core never changes its weights, the cotrainer may).
+        dataset: The split the images come from, on the backbone's device.
+        num_envs: Episodes in flight ``N``.
+        encoder: Observation encoder.
+        rewards: Reward model.
+        costs: ``float32 (depth,)`` cost share per block, summing to 1.
+        min_blocks: Every episode executes at least this many blocks (skips that would make it
+            impossible are overridden to execute).
+        always_execute: Blocks that are never skipped (e.g. ``(0,)``).
+        cotrainer: Supervised backbone updates from finished episodes (``None`` = frozen).
+    """
+
+    def __init__(
+        self,
+        backbone: SkippableViT,
+        dataset: ImageDataset,
+        num_envs: int,
+        encoder: ObservationEncoder,
+        rewards: RewardModel,
+        costs: torch.Tensor,
+        *,
+        min_blocks: int = 0,
+        always_execute: Sequence[int] = (),
+        cotrainer: Cotrainer | None = None,
+    ) -> None:
+        depth = backbone.depth
+        if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
+            raise ValueError(f"min_blocks must be an integer in [0, {depth}] got {min_blocks!r}")
+        always = sorted({int(i) for i in always_execute})
+        if any(not 0 <= i < depth for i in always):
+            raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(always_execute)}")
+        self.backbone = backbone
+        self.dataset = dataset
+        self.num_envs = num_envs
+        self.encoder = encoder
+        self.rewards = rewards
+        self.costs = costs
+        self.min_blocks = int(min_blocks)
+        self.always_execute = frozenset(always)
+        self.cotrainer = cotrainer
+        self.depth = depth
+        self.device = dataset.device
+        self.block = 0
+        self.image_index = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.labels = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.executed = torch.zeros(num_envs, depth, dtype=torch.bool, device=self.device)
+        self.tokens: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ episodes
+    @torch.inference_mode()
+    def start(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Begin N new episodes on the given images; returns the packed observations of block 0."""
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
+        if idx.shape != (self.num_envs,):
+            raise ValueError(f"need {self.num_envs} image indices, got shape {tuple(idx.shape)}")
+        self.image_index = idx
+        self.labels = self.dataset.labels[idx]
+        self.tokens = self.backbone.embed(self.dataset.normalize(self.dataset.images[idx]))
+        self.executed = torch.zeros(self.num_envs, self.depth, dtype=torch.bool, device=self.device)
+        self.block = 0
+        return self.observe()
+
+    def observe(self) -> torch.Tensor:
+        """Packed observations ``(N, obs_dim)`` of the current block."""
+        if self.tokens is None:
+            raise RuntimeError("no episodes in flight: call start() first")
+        frac = self.executed.sum(1, dtype=torch.float32) / self.depth
+        return self.encoder.pack(self.tokens, self.block, frac)
+
+    @property
+    def done(self) -> bool:
+        """Whether the episodes in flight have ended (or none was started)."""
+        return self.tokens is None or self.block >= self.depth
+
+    # ------------------------------------------------------------------ constraints
+    def skip_allowed(self) -> torch.Tensor:
+        """``bool (N,)``: may each episode skip the current block?"""
+        if self.block in self.always_execute:
+            return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        if self.min_blocks == 0:
+            return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        remaining_after = self.depth - self.block - 1
+        return self.executed.sum(1) + remaining_after >= self.min_blocks
+
+    def action_masks(self) -> torch.Tensor:
+        """``bool (N, 2)``: ``[:, 0]`` skip allowed, ``[:, 1]`` execute allowed (always)."""
+        return torch.stack([self.skip_allowed(), torch.ones(self.num_envs, dtype=torch.bool, device=self.device)], 1)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, actions: torch.Tensor) -> CoreStep:
+        """Decide the current block for all N episodes.
+
+        Args:
+            actions: ``int64 (N,)`` in ``{0, 1}`` on the core's device (validated by the envs).
+        """
+        if self.done:
+            raise RuntimeError("the episodes in flight are over: start new ones (env.reset()) before stepping")
+        with torch.inference_mode():
+            result = self._step(actions)
+        if result.terminal and self.cotrainer is not None:
+            self.cotrainer.add(self.image_index, self.executed)
+        return result
+
+    def _step(self, actions: torch.Tensor) -> CoreStep:
+        i = self.block
+        skip_ok = self.skip_allowed()
+        overridden = (actions == 0) & ~skip_ok
+        actions = actions | overridden.long()
+        execute = actions.bool()
+        # Real skipping: the block runs on the gathered executing rows only (none -> not called).
+        rows = execute.nonzero().squeeze(1)
+        self.tokens = self.backbone.run_block(i, self.tokens, rows, inplace=True)
+        self.executed[:, i] = execute
+        self.block = i + 1
+        terminal = self.block == self.depth
+        logits = self.backbone.head(self.tokens) if terminal else None
+        ctx = RewardContext(i, self.depth, actions, self.costs, self.executed, terminal, logits, self.labels)
+        reward, components = self.rewards(ctx)
+        final = self._final(logits) if logits is not None else None
+        return CoreStep(self.observe(), reward, components, overridden, terminal, final)
+
+    def _final(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        prediction = logits.argmax(1)
+        final = {
+            "label": self.labels,
+            "prediction": prediction,
+            "correct": prediction == self.labels,
+            "executed_mask": self.executed.clone(),
+            "executed_blocks": self.executed.sum(1),
+            "compute_ratio": self.executed.float() @ self.costs,
+            "image_index": self.image_index,
+        }
+        if self.dataset.difficulty is not None:
+            final["difficulty"] = self.dataset.difficulty[self.image_index]
+        return final
+
+    # ------------------------------------------------------------------ host transfer
+    @staticmethod
+    def to_host(step: CoreStep) -> dict[str, np.ndarray]:
+        """Every tensor of a step as numpy, in one device-to-host transfer.
+
+        Returns:
+            ``obs`` ``float32 (N, obs_dim)``, ``reward`` ``float32 (N,)``, ``overridden`` ``bool (N,)``,
+            ``components/<name>`` ``float32 (N,)`` and, on the last step, ``final/<name>`` with
+            integer fields as ``int64`` and flags and masks as ``bool``.
+        """
+        named: dict[str, torch.Tensor] = {"obs": step.obs, "reward": step.reward, "overridden": step.overridden}
+        named |= {f"components/{k}": v for k, v in step.components.items()}
+        if step.final is not None:
+            named |= {f"final/{k}": v for k, v in step.final.items()}
+        n = step.obs.shape[0]
+        # Values are small integers (< 2**24), 0/1 flags or float32, so one float32 buffer is exact.
+        cols = [t.reshape(n, -1).to(torch.float32) for t in named.values()]
+        host = torch.cat(cols, 1).cpu().numpy()
+        out, start = {}, 0
+        for (key, tensor), col in zip(named.items(), cols, strict=True):
+            block = host[:, start : start + col.shape[1]]
+            start += col.shape[1]
+            if tensor.dtype == torch.bool:
+                value = block.astype(bool)
+            elif not tensor.dtype.is_floating_point:
+                value = block.astype(np.int64)
+            else:
+                value = block
+            out[key] = value.reshape(n, *tensor.shape[1:]) if tensor.ndim > 1 else value.reshape(n)
+        return out

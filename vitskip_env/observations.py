@@ -1,0 +1,173 @@
+"""Observation encoders: torch functions from the token state to what the agent sees.
+
+The environments and ``DynamicViT`` call the same :class:`ObservationEncoder`, so a deployed policy
+sees exactly what it saw in training. Every mode shares two entries:
+
+* ``block``: one-hot index ``(depth,)`` of the block about to be decided (all zeros once the
+  episode is over: there is no next block);
+* ``executed_frac``: ``(1,)`` blocks executed so far divided by ``depth``, in ``[0, 1]``.
+
+and adds the token features:
+
+* ``flat`` (default): one float32 vector ``[token (D) | block (depth) | executed_frac (1)]``;
+* ``dict``: the same three pieces as named entries ``token``, ``block``, ``executed_frac``;
+* ``tokens``: the full ``(T, D)`` token state as ``tokens`` (for attention-based extractors).
+
+``token`` is the class token, or the mean of the patch tokens for models without one
+(``global_pool="avg"`` ViTs). Token features are standardised per token with a parameter-free
+layer norm (zero mean, unit variance over ``D``; no learned scale, so it never changes when the
+backbone is co-trained). That makes the scale the same for every backbone, and it gives an exact
+finite bound: a standardised vector of length ``D`` has no entry beyond ``sqrt(D - 1)``, so the
+observation Box is ``[-sqrt(D), sqrt(D)]`` and values can never leave it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+ObsMode = Literal["flat", "dict", "tokens"]
+OBS_MODES: tuple[str, ...] = ("flat", "dict", "tokens")
+Pool = Literal["cls", "mean"]
+
+
+def standardize(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """Parameter-free layer norm over the last dimension, clamped to ``[-bound, bound]`` (rounding guard)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=1e-5).clamp_(-bound, bound)
+
+
+class ObservationEncoder:
+    """``encode(tokens, block_idx, executed_frac)`` for one observation mode.
+
+    Args:
+        mode: ``"flat"``, ``"dict"`` or ``"tokens"`` (see the module docstring).
+        depth: Number of blocks ``L``.
+        num_tokens: Tokens per image ``T``.
+        embed_dim: Token width ``D``.
+        pool: ``"cls"`` (token 0) or ``"mean"`` (mean of the tokens after the ``num_prefix_tokens``).
+        num_prefix_tokens: Class / register tokens in front of the patches (used by ``"mean"``).
+
+    Example:
+        >>> enc = ObservationEncoder("flat", depth=4, num_tokens=17, embed_dim=32)
+        >>> enc(torch.randn(2, 17, 32), 1, torch.tensor([0.25, 0.0])).shape
+        torch.Size([2, 37])
+    """
+
+    def __init__(
+        self,
+        mode: ObsMode,
+        *,
+        depth: int,
+        num_tokens: int,
+        embed_dim: int,
+        pool: Pool = "cls",
+        num_prefix_tokens: int = 1,
+    ) -> None:
+        if mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {list(OBS_MODES)}, got {mode!r}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.mode = mode
+        self.depth = depth
+        self.num_tokens = num_tokens
+        self.embed_dim = embed_dim
+        self.pool = pool
+        self.num_prefix_tokens = num_prefix_tokens
+        self.bound = float(np.float32(math.sqrt(embed_dim)))
+        self._eye: torch.Tensor | None = None
+
+    @property
+    def parts(self) -> dict[str, tuple[int, ...]]:
+        """Named pieces of one observation and their shapes, in packing order."""
+        feat = {"tokens": (self.num_tokens, self.embed_dim)} if self.mode == "tokens" else {"token": (self.embed_dim,)}
+        return {**feat, "block": (self.depth,), "executed_frac": (1,)}
+
+    @property
+    def obs_dim(self) -> int:
+        """Length of one packed observation (the flat vector's length in ``"flat"`` mode)."""
+        return sum(math.prod(shape) for shape in self.parts.values())
+
+    def space(self) -> spaces.Space:
+        """The Gymnasium observation space of one environment."""
+        bounds = {"token": (-self.bound, self.bound), "tokens": (-self.bound, self.bound)}
+        bounds |= {"block": (0.0, 1.0), "executed_frac": (0.0, 1.0)}
+        if self.mode == "flat":
+            low = np.concatenate([np.full(math.prod(s), bounds[k][0], np.float32) for k, s in self.parts.items()])
+            high = np.concatenate([np.full(math.prod(s), bounds[k][1], np.float32) for k, s in self.parts.items()])
+            return spaces.Box(low, high, dtype=np.float32)
+        boxes = {}
+        for key, shape in self.parts.items():
+            low, high = bounds[key]
+            boxes[key] = spaces.Box(np.float32(low), np.float32(high), shape, dtype=np.float32)
+        return spaces.Dict(boxes)
+
+    def pack(self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor) -> torch.Tensor:
+        """The observations of a batch as one float32 tensor ``(N, obs_dim)`` (every mode)."""
+        n = tokens.shape[0]
+        if self.mode == "tokens":
+            feat = standardize(tokens, self.bound).reshape(n, -1)
+        else:
+            pooled = tokens[:, 0] if self.pool == "cls" else tokens[:, self.num_prefix_tokens :].mean(1)
+            feat = standardize(pooled, self.bound)
+        if self._eye is None or self._eye.device != tokens.device:
+            # Row `depth` is all zeros: the one-hot of "no next block" after the last one.
+            self._eye = torch.cat([torch.eye(self.depth), torch.zeros(1, self.depth)]).to(tokens.device)
+        onehot = self._eye[min(block_idx, self.depth)].expand(n, -1)
+        return torch.cat([feat, onehot, executed_frac.float().view(n, 1)], dim=1)
+
+    def __call__(
+        self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Encode a batch.
+
+        Args:
+            tokens: ``(N, T, D)`` token state before block ``block_idx``.
+            block_idx: Block about to be decided (``depth`` after the last block).
+            executed_frac: ``(N,)`` blocks executed so far divided by ``depth``.
+
+        Returns:
+            ``(N, obs_dim)`` in ``"flat"`` mode, else a dict of ``(N, *shape)`` tensors.
+        """
+        packed = self.pack(tokens, block_idx, executed_frac)
+        if self.mode == "flat":
+            return packed
+        return self.split(packed)
+
+    def split(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Packed ``(N, obs_dim)`` -> dict of ``(N, *shape)`` views."""
+        out, start = {}, 0
+        for key, shape in self.parts.items():
+            size = math.prod(shape)
+            out[key] = packed[:, start : start + size].reshape(-1, *shape)
+            start += size
+        return out
+
+    def unpack_numpy(self, packed: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """Host ``(N, obs_dim)`` -> a batch of observations as new, independent arrays."""
+        if self.mode == "flat":
+            return np.array(packed, dtype=np.float32)
+        out, start = {}, 0
+        for key, shape in self.parts.items():
+            size = math.prod(shape)
+            out[key] = np.array(packed[:, start : start + size], dtype=np.float32).reshape(-1, *shape)
+            start += size
+        return {key: out[key] for key in sorted(out)}  # the key order of spaces.Dict
+
+
+def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat") -> ObservationEncoder:
+    """The encoder matching a :class:`~vitskip_env.SkippableViT` (class token if it has one, else mean pooling)."""
+    vit = backbone.vit
+    has_cls = getattr(vit, "cls_token", None) is not None
+    return ObservationEncoder(
+        mode,
+        depth=backbone.depth,
+        num_tokens=backbone.num_tokens,
+        embed_dim=backbone.embed_dim,
+        pool="cls" if has_cls else "mean",
+        num_prefix_tokens=backbone.num_prefix_tokens,
+    )

@@ -1,0 +1,113 @@
+"""Rewards as named components with weights (the knobs NSGA-II searches).
+
+Built-in components, each ``(N,)`` per step:
+
+=============  ===========================================================  ===================
+component      value                                                        weight
+=============  ===========================================================  ===================
+``correct``    1 if the prediction is right, else 0 (last step only)        ``accuracy_weight``
+``confidence`` log-probability of the true class, floored at -10 (last)     ``confidence_weight``
+``compute``    minus the cost share of the block just executed (0 if        ``compute_weight``
+               skipped); cost shares sum to 1 over the blocks (costs.py)
+=============  ===========================================================  ===================
+
+The step reward is ``sum(weight * component)``. A custom ``reward_fn(ctx) -> {name: (N,) tensor}``
+replaces the built-in components (call :func:`default_components` inside it to extend them); its
+components named like the built-ins get the built-in weights, any other name has weight 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+#: ``<kwarg name> -> component`` for the built-in weights.
+WEIGHT_NAMES: dict[str, str] = {"accuracy_weight": "correct", "confidence_weight": "confidence", "compute_weight": "compute"}
+#: Defaults: executing every block costs 0.5 in total against 1 for a correct answer, so a block is
+#: worth executing when it raises the chance of being right by more than half its cost share.
+DEFAULT_WEIGHTS: dict[str, float] = {"correct": 1.0, "confidence": 0.0, "compute": 0.5}
+#: Lower bound of the ``confidence`` component (keeps rewards finite for confidently wrong models).
+CONFIDENCE_FLOOR = -10.0
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward function sees after a step (tensors on the env's device).
+
+    Attributes:
+        block: Index of the block just decided.
+        depth: Number of blocks.
+        actions: ``int64 (N,)`` actions after any override (1 = executed).
+        costs: ``float32 (depth,)`` cost share of each block (sums to 1).
+        executed: ``bool (N, depth)`` blocks executed so far, including this step's.
+        terminal: Whether this was the last block (logits are available).
+        logits: ``(N, num_classes)`` head output on the last step, else ``None``.
+        labels: ``int64 (N,)`` true classes.
+    """
+
+    block: int
+    depth: int
+    actions: torch.Tensor
+    costs: torch.Tensor
+    executed: torch.Tensor
+    terminal: bool
+    logits: torch.Tensor | None
+    labels: torch.Tensor
+
+
+RewardFn = Callable[[RewardContext], Mapping[str, torch.Tensor]]
+
+
+def default_components(ctx: RewardContext) -> dict[str, torch.Tensor]:
+    """The built-in ``correct``, ``confidence`` and ``compute`` components (unweighted)."""
+    compute = -ctx.costs[ctx.block] * ctx.actions.float()
+    if ctx.terminal and ctx.logits is not None:
+        logp = F.log_softmax(ctx.logits.float(), dim=1)
+        correct = (logp.argmax(1) == ctx.labels).float()
+        confidence = logp.gather(1, ctx.labels[:, None]).squeeze(1).clamp(min=CONFIDENCE_FLOOR)
+    else:
+        correct = torch.zeros_like(compute)
+        confidence = torch.zeros_like(compute)
+    return {"correct": correct, "confidence": confidence, "compute": compute}
+
+
+class RewardModel:
+    """Weights plus a component function; call it to get the reward and the weighted components.
+
+    Args:
+        weights: Weight per built-in component (``{"correct": 1.0, "confidence": 0.0, "compute": 0.5}``).
+        reward_fn: Custom component function; ``None`` uses :func:`default_components`.
+    """
+
+    def __init__(self, weights: Mapping[str, float], reward_fn: RewardFn | None = None) -> None:
+        for name, value in weights.items():
+            if name not in DEFAULT_WEIGHTS:
+                raise ValueError(f"unknown reward component {name!r}; built-in components: {list(DEFAULT_WEIGHTS)}")
+            if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                raise ValueError(f"reward weight for {name!r} must be a finite number, got {value!r}")
+        if reward_fn is not None and not callable(reward_fn):
+            raise TypeError(f"reward_fn must be callable (ctx -> dict of (N,) tensors), got {type(reward_fn).__name__}")
+        self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+        self.reward_fn = reward_fn or default_components
+        self.names: tuple[str, ...] | None = None
+
+    def __call__(self, ctx: RewardContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(reward (N,), {name: weighted component (N,)})``; the weighted components sum to the reward."""
+        comps = self.reward_fn(ctx)
+        n = ctx.actions.shape[0]
+        names = tuple(comps)
+        if self.names is None:
+            self.names = names
+        elif names != self.names:
+            raise ValueError(f"reward_fn must return the same components each step: {list(names)} != {list(self.names)}")
+        weighted: dict[str, torch.Tensor] = {}
+        for name, value in comps.items():
+            if not isinstance(value, torch.Tensor) or value.shape != (n,):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"reward component {name!r} must be a tensor of shape ({n},), got {got}")
+            weighted[name] = self.weights.get(name, 1.0) * value.float() + 0.0  # + 0.0: no -0.0 from zero weights
+        total = torch.stack(list(weighted.values())).sum(0) if weighted else torch.zeros(n, device=ctx.actions.device)
+        return total, weighted
