@@ -1,0 +1,26 @@
+"""Learn to skip ViT blocks with PPO (Stable-Baselines3).
+
+    python train/ppo.py                                  # ViTSkip-Shapes-v0, shipped demo backbone, offline
+    python train/ppo.py --env ViTSkip-CIFAR100-v0 --data-root ~/data --backbone runs/bb.safetensors
+    python train/ppo.py --resume runs/<run>              # continue an interrupted run, nothing lost
+
+Writes a run directory under `runs/` (see train/rl.py) and prints its summary.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import common  # noqa: F401  (puts the repository on sys.path)
+import tyro
+from rl import RLArgs, run
+
+
+@dataclass
+class Args(RLArgs):
+    algo: str = "ppo"
+    """agent: ppo, a2c, maskable_ppo, recurrent_ppo, trpo, qrdqn, reinforce, or module:Class"""
+
+
+if __name__ == "__main__":
+    run(tyro.cli(Args))

@@ -1,0 +1,250 @@
+"""The RL training run shared by ``train/ppo.py``, ``train/a2c.py`` and ``train/reinforce.py``.
+
+Read top to bottom: build env -> build (or resume) agent -> learn (Ctrl-C saves a checkpoint) ->
+export a ``DynamicViT`` -> evaluate it against the static backbone in the same process -> write the
+run directory (``args.yaml``, ``model.zip``/``.pt``, ``dynamic_vit.safetensors``, ``progress.csv`` +
+TensorBoard, ``eval.parquet``, ``summary.json``, ``summary.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from vitskip_env._io import atomic_path, atomic_write_text
+
+
+@dataclass
+class RLArgs:
+    env: str = "ViTSkip-Shapes-v0"
+    """registered environment id"""
+    algo: str = "ppo"
+    """agent: ppo, a2c, maskable_ppo, recurrent_ppo, trpo, qrdqn, reinforce, or module:Class"""
+    total_timesteps: int = 600_000
+    """environment steps (one step = one block decision for one image)"""
+    num_envs: int = 256
+    """images in flight in the native vector env"""
+    backbone: str | None = None
+    """backbone file, preset or timm name (default: the env's, e.g. the shipped demo backbone for shapes)"""
+    backbone_mode: str = "frozen"
+    """frozen or cotrain"""
+    accuracy_weight: float = 1.0
+    """reward for a correct prediction"""
+    compute_weight: float = 0.5
+    """penalty for executing every block (each block costs its FLOPs share of this)"""
+    confidence_weight: float = 0.0
+    """weight of the log-probability of the true class at the end"""
+    obs_mode: str = "flat"
+    """flat, dict or tokens"""
+    min_blocks: int = 0
+    """every image executes at least this many blocks"""
+    data_root: str | None = None
+    """folder of real datasets (default $VITSKIP_DATA or the user cache)"""
+    download: bool = False
+    """download a missing real dataset"""
+    device: str = "auto"
+    """cpu, cuda or auto"""
+    seed: int = 1
+    """random seed"""
+    threads: int | None = None
+    """CPU threads (default: all)"""
+    eval_freq: int = 100_000
+    """environment steps between evaluations on the test split"""
+    eval_images: int = 2000
+    """test images per periodic evaluation"""
+    final_eval_images: int | None = None
+    """test images for the final evaluation (default: the whole split)"""
+    checkpoint_freq: int = 100_000
+    """environment steps between checkpoints"""
+    speed_batch_sizes: tuple[int, ...] = (1, 256)
+    """batch sizes of the final static-vs-dynamic speed comparison"""
+    runs_dir: str = "runs"
+    """where run directories are created"""
+    resume: str | None = None
+    """continue the run in this directory (its args.yaml is used; nothing is lost)"""
+    agent_kwargs: str = "{}"
+    """JSON object of extra agent constructor arguments, e.g. '{"learning_rate": 1e-3}'"""
+
+
+def env_kwargs(args: RLArgs) -> dict[str, Any]:
+    """The ViTSkip env keyword arguments this run trains with."""
+    kw: dict[str, Any] = dict(
+        backbone_mode=args.backbone_mode, accuracy_weight=args.accuracy_weight, compute_weight=args.compute_weight,
+        confidence_weight=args.confidence_weight, obs_mode=args.obs_mode, min_blocks=args.min_blocks,
+        device=args.device, download=args.download,
+    )  # fmt: skip
+    if args.backbone is not None:
+        kw["backbone"] = args.backbone
+    if args.data_root is not None:
+        kw["data_root"] = args.data_root
+    import gymnasium as gym
+
+    return {**gym.spec(args.env).kwargs, **kw}
+
+
+def _resume_args(run_dir: Path) -> RLArgs:
+    saved = yaml.safe_load((run_dir / "args.yaml").read_text(encoding="utf-8"))
+    saved["speed_batch_sizes"] = tuple(saved["speed_batch_sizes"])
+    return RLArgs(**{**saved, "resume": str(run_dir)})
+
+
+def run(args: RLArgs) -> Path:
+    """Train, export, evaluate and report; returns the run directory."""
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    import vitskip_env  # noqa: F401  (registers the ids)
+    from agents import SB3VecEnv, make_agent
+    from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, load_checkpoint, save_checkpoint, save_model
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "args.yaml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no args.yaml there; pass a run directory made by train/*.py")
+        args = _resume_args(run_dir)
+    else:
+        run_dir = Path(args.runs_dir) / common.run_name(args.env, args.algo, args.seed)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        atomic_write_text(run_dir / "args.yaml", yaml.safe_dump(_plain(dataclasses.asdict(args)), sort_keys=False))
+    common.set_threads(args.threads)
+    common.seed_everything(args.seed)
+    kwargs = env_kwargs(args)
+    ckpt_dir = run_dir / "checkpoint"
+
+    env = VecMonitor(SB3VecEnv(num_envs=args.num_envs, **kwargs))
+    if args.resume and (ckpt_dir / "checkpoint.json").is_file():
+        model = load_checkpoint(ckpt_dir, env=env, device=args.device)
+        print(f"resumed {run_dir} at {model.num_timesteps:,} / {args.total_timesteps:,} steps")
+    else:
+        model = make_agent(args.algo, env, seed=args.seed, device=args.device, **json.loads(args.agent_kwargs))
+    if hasattr(model, "set_logger"):
+        model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"]))
+    callbacks = [
+        SkipEvalCallback(kwargs, eval_freq=args.eval_freq, n_images=args.eval_images, best_model_save_path=run_dir, verbose=1),
+        SkipCheckpointCallback(save_freq=args.checkpoint_freq, save_path=ckpt_dir),
+    ]
+    remaining = args.total_timesteps - int(model.num_timesteps)
+    t0 = time.perf_counter()
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=not args.resume)
+    except KeyboardInterrupt:
+        save_checkpoint(model, ckpt_dir)
+        print(f"\ninterrupted at {model.num_timesteps:,} steps; checkpoint saved in {ckpt_dir}.\n"
+              f"Resume with: python {Path(sys.argv[0]).as_posix()} --resume {run_dir}")  # fmt: skip
+        raise SystemExit(130) from None
+    train_seconds = time.perf_counter() - t0
+    save_model(model, run_dir)
+    save_checkpoint(model, ckpt_dir)
+    finish(model, env, args, kwargs, run_dir, train_seconds)
+    print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    print(f"run directory: {run_dir}")
+    return run_dir
+
+
+def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: Path, train_seconds: float) -> dict:
+    """Export the DynamicViT, evaluate it against the static backbone, write eval.parquet and the summaries."""
+    from agents import evaluate_agent, export_policy
+    from vitskip_env import DynamicViT, make_dataset
+    from vitskip_env.speed import compare_speed
+
+    backbone = env.unwrapped.backbone
+    dyn = DynamicViT(backbone, export_policy(model, env)).eval()
+    dyn.save(run_dir / "dynamic_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
+    result = evaluate_agent(model, {**kwargs, "backbone": backbone}, n_images=args.final_eval_images, return_episodes=True)
+    episodes = result.pop("episodes")
+    _write_eval_parquet(run_dir / "eval.parquet", episodes, env.unwrapped.dataset)
+
+    ds = env.unwrapped.dataset
+    test = make_dataset(ds.name, "test", args.data_root, False, backbone_device(backbone))
+    n = len(test) if args.final_eval_images is None else min(args.final_eval_images, len(test))
+    static_correct, dyn_correct, executed = 0, 0, 0
+    with torch.inference_mode():
+        for s in range(0, n, 512):
+            x = test.normalize(test.images[s : min(n, s + 512)])
+            y = test.labels[s : min(n, s + 512)]
+            static_correct += int((backbone(x).argmax(1) == y).sum())
+            logits, mask = dyn(x, return_mask=True)
+            dyn_correct += int((logits.argmax(1) == y).sum())
+            executed += int(mask.sum())
+    speed = {}
+    for bs in args.speed_batch_sizes:
+        batches = [test.normalize(test.images[i * bs : (i + 1) * bs]) for i in range(max(1, min(8, 2048 // bs)))]
+        speed[bs] = compare_speed({"static": backbone, "dynamic": dyn}, batches, rounds=5)
+    summary = {
+        "env": args.env, "algo": args.algo, "seed": args.seed, "total_timesteps": int(model.num_timesteps),
+        "train_minutes": round(train_seconds / 60, 2), "depth": backbone.depth, "test_images": n,
+        "top1_static": 100 * static_correct / n, "top1_dynamic": 100 * dyn_correct / n,
+        "executed_blocks": executed / n, "executed_frac": executed / n / backbone.depth,
+        "agent_top1": result["top1"], "difficulty_corr": result.get("difficulty_corr"),
+        "block_rates": result["block_rates"], "mean_return": result["mean_return"],
+        "speed": {str(bs): v for bs, v in speed.items()},
+        "threads": torch.get_num_threads(), "device": str(backbone_device(backbone)),
+    }  # fmt: skip
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "summary.md", _summary_md(summary))
+    return summary
+
+
+def backbone_device(backbone: torch.nn.Module) -> torch.device:
+    return next(backbone.parameters()).device
+
+
+def _write_eval_parquet(path: Path, ep: dict[str, np.ndarray], dataset: Any) -> None:
+    """One row per image x block: the tidy frame the analysis package reads."""
+    mask = np.asarray(ep["executed_mask"], dtype=bool)
+    n, depth = mask.shape
+    frame = pd.DataFrame({
+        "image_index": np.repeat(ep["image_index"], depth).astype(np.int64),
+        "block": np.tile(np.arange(depth), n).astype(np.int16),
+        "executed": mask.reshape(-1),
+        "label": np.repeat(ep["label"], depth).astype(np.int64),
+        "prediction": np.repeat(ep["prediction"], depth).astype(np.int64),
+        "correct": np.repeat(ep["correct"], depth).astype(bool),
+        "executed_blocks": np.repeat(ep["executed_blocks"], depth).astype(np.int16),
+    })  # fmt: skip
+    frame["class_name"] = pd.Categorical.from_codes(frame["label"], categories=list(dataset.classes))
+    if "difficulty" in ep:
+        frame["difficulty"] = np.repeat(ep["difficulty"], depth).astype(np.float32)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _summary_md(s: dict) -> str:
+    lines = [
+        f"# {s['env']} · {s['algo']} · seed {s['seed']}",
+        "",
+        f"{s['total_timesteps']:,} env steps in {s['train_minutes']} min; test split, {s['test_images']:,} images, "
+        f"deterministic policy; {s['threads']} threads on {s['device']}.",
+        "",
+        "| model | top-1 (%) | executed blocks | of depth |",
+        "|---|---:|---:|---:|",
+        f"| static backbone | {s['top1_static']:.2f} | {s['depth']} | 1.00 |",
+        f"| DynamicViT | {s['top1_dynamic']:.2f} | {s['executed_blocks']:.2f} | {s['executed_frac']:.2f} |",
+        "",
+        "| batch | static img/s | dynamic img/s | speed-up (median of interleaved rounds) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for bs, v in s["speed"].items():
+        lines.append(f"| {bs} | {v['static']['images_per_s']:,.0f} | {v['dynamic']['images_per_s']:,.0f} | "
+                     f"{v['dynamic']['speedup']:.2f}x |")  # fmt: skip
+    if s.get("difficulty_corr") is not None:
+        lines += ["", f"Rank correlation of difficulty and executed blocks: {s['difficulty_corr']:+.3f}."]
+    rates = " ".join(f"{r:.2f}" for r in s["block_rates"])
+    lines += ["", f"Execute rate per block: {rates}", ""]
+    return "\n".join(lines)
+
+
+def _plain(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
