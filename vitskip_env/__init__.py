@@ -12,8 +12,10 @@ from .backbone import SkippableViT, load_backbone, rows_per_block
 from .core import SkipCore
 from .cotrain import CotrainConfig
 from .data import ImageDataset, available_datasets, make_dataset
+from .dynamic import DynamicViT
 from .env import ViTSkipEnv
 from .observations import ObservationEncoder
+from .policy import SkipPolicy
 from .presets import PRESETS
 from .rewards import RewardContext
 from .vector_env import ViTSkipVectorEnv
@@ -51,10 +53,12 @@ __all__ = [
     "ENV_IDS",
     "PRESETS",
     "CotrainConfig",
+    "DynamicViT",
     "ImageDataset",
     "ObservationEncoder",
     "RewardContext",
     "SkipCore",
+    "SkipPolicy",
     "SkippableViT",
     "ViTSkipEnv",
     "ViTSkipVectorEnv",

@@ -301,6 +301,67 @@ def _infer_kwargs(vit: nn.Module) -> dict[str, Any]:
     }
 
 
+#: The loader of each vitskip file format, named when a file of another kind is passed.
+LOADERS: dict[str, str] = {FORMAT: "vitskip_env.load_backbone", "vitskip-dynamic": "vitskip_env.DynamicViT.load"}
+
+
+def read_vitskip_file(
+    path: str | os.PathLike, fmt: str, *, missing: str, resave: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON config and the tensors of a vitskip safetensors file of format ``fmt`` (no pickle is read).
+
+    Args:
+        path: The ``.safetensors`` file.
+        fmt: The expected ``config["format"]``.
+        missing: The sentence after "No such file ..." (how to make one).
+        resave: How to write a valid file again (ends the "truncated" message).
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Truncated or not safetensors, not written by vitskip, or another vitskip format.
+    """
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file {str(path)!r}. {missing}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as exc:  # safetensors raises its own error type for truncated / non-safetensors files
+        raise ValueError(
+            f"{str(path)!r} is not a readable safetensors file ({exc}); it may be truncated or of another format. {resave}"
+        ) from exc
+    if "vitskip" not in header:
+        raise ValueError(
+            f"{str(path)!r} is a safetensors file but was not written by vitskip (no 'vitskip' config in its header). "
+            "For plain timm weights use SkippableViT(name, pretrained_file=path)."
+        )
+    config = json.loads(header["vitskip"])
+    got = config.get("format")
+    if got != fmt:
+        loader = LOADERS.get(got, "the matching loader")
+        raise ValueError(f"{str(path)!r} holds a {got!r}, not a {fmt!r}; load it with {loader}.")
+    return config, state
+
+
+def backbone_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> SkippableViT:
+    """Build the backbone a :meth:`SkippableViT.config` describes and load ``state`` (timm keys) strictly.
+
+    Raises:
+        ValueError: The weights do not match the architecture (``where`` names the file).
+    """
+    vit = SkippableViT(config["model_name"], **config["model_kwargs"])
+    try:
+        vit.vit.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{where}: weights do not match the architecture in its config: {exc}") from exc
+    structural = {"format", "format_version", "model_name", "model_kwargs", "num_classes", "depth", "embed_dim"}
+    vit.meta = {k: v for k, v in config.items() if k not in structural}
+    return vit
+
+
 def load_backbone(
     path: str | os.PathLike, *, num_classes: int | None = None, device: str | torch.device = "cpu"
 ) -> SkippableViT:
@@ -315,42 +376,15 @@ def load_backbone(
         FileNotFoundError: No such file.
         ValueError: Not a vitskip backbone (truncated, foreign or wrong class count); the message says which.
     """
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No backbone at {str(path)!r}. Train one with `python train/backbone.py` or pass a preset name."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as exc:  # safetensors raises its own error type for truncated / non-safetensors files
-        raise ValueError(
-            f"{str(path)!r} is not a readable safetensors file ({exc}); it may be truncated or of another format. "
-            "Re-save it with SkippableViT.save or re-train with train/backbone.py."
-        ) from exc
-    if "vitskip" not in header:
-        raise ValueError(
-            f"{str(path)!r} is a safetensors file but was not written by vitskip (no 'vitskip' config in its header). "
-            "For plain timm weights use SkippableViT(name, pretrained_file=path)."
-        )
-    config = json.loads(header["vitskip"])
-    if config.get("format") != FORMAT:
-        raise ValueError(
-            f"{str(path)!r} holds a {config.get('format')!r}, not a {FORMAT!r}; load it with the matching loader."
-        )
+    config, state = read_vitskip_file(
+        path,
+        FORMAT,
+        missing="Train a backbone with `python train/backbone.py` or pass a preset name.",
+        resave="Re-save it with SkippableViT.save or re-train with train/backbone.py.",
+    )
     if num_classes is not None and int(config["num_classes"]) != num_classes:
         raise ValueError(
             f"{str(path)!r} was trained for {config['num_classes']} classes (dataset {config.get('dataset', '?')!r}), "
             f"but {num_classes} are needed. Train a backbone for this dataset with `python train/backbone.py --dataset ...`."
         )
-    vit = SkippableViT(config["model_name"], **config["model_kwargs"])
-    try:
-        vit.vit.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{str(path)!r}: weights do not match the architecture in its config: {exc}") from exc
-    structural = {"format", "format_version", "model_name", "model_kwargs", "num_classes", "depth", "embed_dim"}
-    vit.meta = {k: v for k, v in config.items() if k not in structural}
-    return vit.to(device).eval()
+    return backbone_from_config(config, state, repr(str(path))).to(device).eval()

@@ -13,7 +13,7 @@ terminal components -> observation of the next block. Everything stays on the de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,53 @@ from .cotrain import Cotrainer
 from .data import ImageDataset
 from .observations import ObservationEncoder
 from .rewards import RewardContext, RewardModel
+
+
+def check_constraints(min_blocks: int, always_execute: Iterable[int], depth: int) -> tuple[int, frozenset[int]]:
+    """Validated ``(min_blocks, always_execute)`` for a ``depth``-block backbone.
+
+    Raises:
+        ValueError: ``min_blocks`` outside ``[0, depth]`` or a block index outside ``[0, depth)``.
+    """
+    if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
+        raise ValueError(f"min_blocks must be an integer in [0, {depth}] got {min_blocks!r}")
+    always = sorted({int(i) for i in always_execute})
+    if any(not 0 <= i < depth for i in always):
+        raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(always_execute)}")
+    return int(min_blocks), frozenset(always)
+
+
+def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
+    """``float32 (N,)``: blocks executed so far / depth, from the ``bool (N, depth)`` executed mask."""
+    return executed.sum(1, dtype=torch.float32) / executed.shape[1]
+
+
+def skip_allowed(block: int, executed: torch.Tensor, min_blocks: int, always_execute: frozenset[int]) -> torch.Tensor:
+    """``bool (N,)``: may each episode skip ``block``, given what it executed so far (``bool (N, depth)``)?
+
+    ``always_execute`` blocks are never skipped; a skip is refused when the blocks left after
+    ``block`` could no longer reach ``min_blocks``.
+    """
+    n, depth = executed.shape
+    if block in always_execute:
+        return torch.zeros(n, dtype=torch.bool, device=executed.device)
+    if min_blocks == 0:
+        return torch.ones(n, dtype=torch.bool, device=executed.device)
+    remaining_after = depth - block - 1
+    return executed.sum(1) + remaining_after >= min_blocks
+
+
+def run_executing_rows(
+    backbone: SkippableViT, block: int, tokens: torch.Tensor, execute: torch.Tensor, *, inplace: bool = True
+) -> torch.Tensor:
+    """Run ``block`` on the rows where ``execute`` (``bool (N,)``) holds; the others pass unchanged.
+
+    Real skipping (ARCHITECTURE principle 1): the executing rows are gathered, the block runs on
+    them only and the result is scattered back; with no executing row the block is not called.
+    The ``nonzero`` is the step's one host synchronisation on a GPU (the gather size is data-dependent).
+    """
+    rows = execute.nonzero().squeeze(1)
+    return backbone.run_block(block, tokens, rows, inplace=inplace)
 
 
 @dataclass
@@ -80,19 +127,15 @@ class SkipCore:
         cotrainer: Cotrainer | None = None,
     ) -> None:
         depth = backbone.depth
-        if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
-            raise ValueError(f"min_blocks must be an integer in [0, {depth}] got {min_blocks!r}")
-        always = sorted({int(i) for i in always_execute})
-        if any(not 0 <= i < depth for i in always):
-            raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(always_execute)}")
+        min_blocks, always = check_constraints(min_blocks, always_execute, depth)
         self.backbone = backbone
         self.dataset = dataset
         self.num_envs = num_envs
         self.encoder = encoder
         self.rewards = rewards
         self.costs = costs
-        self.min_blocks = int(min_blocks)
-        self.always_execute = frozenset(always)
+        self.min_blocks = min_blocks
+        self.always_execute = always
         self.cotrainer = cotrainer
         self.depth = depth
         self.device = dataset.device
@@ -120,8 +163,7 @@ class SkipCore:
         """Packed observations ``(N, obs_dim)`` of the current block."""
         if self.tokens is None:
             raise RuntimeError("no episodes in flight: call start() first")
-        frac = self.executed.sum(1, dtype=torch.float32) / self.depth
-        return self.encoder.pack(self.tokens, self.block, frac)
+        return self.encoder.pack(self.tokens, self.block, executed_fraction(self.executed))
 
     @property
     def done(self) -> bool:
@@ -131,12 +173,7 @@ class SkipCore:
     # ------------------------------------------------------------------ constraints
     def skip_allowed(self) -> torch.Tensor:
         """``bool (N,)``: may each episode skip the current block?"""
-        if self.block in self.always_execute:
-            return torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        if self.min_blocks == 0:
-            return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        remaining_after = self.depth - self.block - 1
-        return self.executed.sum(1) + remaining_after >= self.min_blocks
+        return skip_allowed(self.block, self.executed, self.min_blocks, self.always_execute)
 
     def action_masks(self) -> torch.Tensor:
         """``bool (N, 2)``: ``[:, 0]`` skip allowed, ``[:, 1]`` execute allowed (always)."""
@@ -163,9 +200,7 @@ class SkipCore:
         overridden = (actions == 0) & ~skip_ok
         actions = actions | overridden.long()
         execute = actions.bool()
-        # Real skipping: the block runs on the gathered executing rows only (none -> not called).
-        rows = execute.nonzero().squeeze(1)
-        self.tokens = self.backbone.run_block(i, self.tokens, rows, inplace=True)
+        self.tokens = run_executing_rows(self.backbone, i, self.tokens, execute, inplace=True)
         self.executed[:, i] = execute
         self.block = i + 1
         terminal = self.block == self.depth

@@ -24,7 +24,7 @@ observation Box is ``[-sqrt(D), sqrt(D)]`` and values can never leave it.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -80,6 +80,17 @@ class ObservationEncoder:
         self.num_prefix_tokens = num_prefix_tokens
         self.bound = float(np.float32(math.sqrt(embed_dim)))
         self._eye: torch.Tensor | None = None
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments as JSON-serialisable values (``ObservationEncoder(**enc.config())`` rebuilds it)."""
+        return {
+            "mode": self.mode,
+            "depth": self.depth,
+            "num_tokens": self.num_tokens,
+            "embed_dim": self.embed_dim,
+            "pool": self.pool,
+            "num_prefix_tokens": self.num_prefix_tokens,
+        }
 
     @property
     def parts(self) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,131 @@
+"""DynamicViT decision overhead per block (``pytest -m benchmark tests/benchmarks/bench_dynamic.py -s``).
+
+What the policy costs on top of the blocks: per decided block, the observation (pooling,
+standardisation, one-hot), the policy network (the agents' default: block embedding + MLP 128 ->
+128 -> 64 -> 2), the deterministic rule and the ``nonzero`` that sizes the gather. Measured
+directly (``decide`` + ``nonzero`` in a loop) and end to end (``DynamicViT(x)`` against the backbone
+run with the same execute mask, which needs no decisions and one ``nonzero`` for all blocks),
+interleaved call by call, medians; also the speedup over the static backbone and the efficiency
+(speedup / ideal speedup ``depth / blocks per image``). ``VITSKIP_BENCH_COMPILE=1`` adds the
+``DynamicViT.compiled()`` path (about a minute of compilation); ``VITSKIP_BENCH_PRESET`` picks the
+backbone (default ``demo``). Run it alone on an idle machine
+(see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from vitskip_env import DynamicViT, SkippableViT, SkipPolicy
+from vitskip_env.netspec import Columns
+from vitskip_env.observations import encoder_for
+
+
+def default_policy(vit: SkippableViT) -> SkipPolicy:
+    """The network shape ``export_policy`` gives for the agents' default PPO (FlatSkipExtractor + net_arch [64])."""
+    enc = encoder_for(vit)
+    d, depth = enc.embed_dim, enc.depth
+    net = nn.Sequential(
+        Columns([d, depth, 1], {"1": nn.Linear(depth, 16, bias=False)}),
+        nn.Linear(d + 17, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.Tanh(),
+        nn.Linear(64, 2),
+    )
+    return SkipPolicy(net, enc)
+
+
+def _median_us(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e6 * statistics.median(times)
+
+
+def calibrate(dyn: DynamicViT, x: torch.Tensor, target: float = 0.5) -> torch.Tensor:
+    """Bisect the policy's execute bias until ``x`` executes about ``target`` of the blocks (a realistic mask).
+
+    Returns the image whose executed count is closest to the batch mean (the batch-1 input).
+    """
+    last = dyn.policy.net[-1]
+    lo, hi = -100.0, 100.0
+    with torch.inference_mode():
+        for _ in range(20):
+            last.bias[1] = (lo + hi) / 2
+            _, mask = dyn(x, return_mask=True)
+            lo, hi = (lo, (lo + hi) / 2) if mask.float().mean() > target else ((lo + hi) / 2, hi)
+    counts = mask.sum(1).float()
+    return x[(counts - counts.mean()).abs().argmin()][None]
+
+
+def measure(dyn: DynamicViT, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Decision cost per block, and DynamicViT against the static backbone (full, and with the same mask)."""
+    vit = dyn.backbone
+    batch = x.shape[0]
+    with torch.inference_mode():
+        tokens = vit.embed(x)
+        executed = torch.zeros(batch, vit.depth, dtype=torch.bool)
+        executed[:, :3] = True
+        decision = _median_us(lambda: dyn.decide(3, tokens, executed).nonzero(), 20 * rounds)
+        block = _median_us(lambda: vit.run_block(3, tokens), rounds)
+        _, mask = dyn(x, return_mask=True)
+        times: dict[str, list[float]] = {"dynamic": [], "same_mask": [], "static": []}
+        calls = {"dynamic": lambda: dyn(x), "same_mask": lambda: vit(x, execute_mask=mask), "static": lambda: vit(x)}
+        for _ in range(rounds):  # interleaved call by call (the host drifts)
+            for name, fn in calls.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    med = {k: 1e6 * statistics.median(v) for k, v in times.items()}
+    blocks = float(mask.sum()) / batch
+    speedup = med["static"] / med["dynamic"]
+    return {
+        "batch": batch,
+        "decision_us": decision,
+        "block_us": block,
+        "overhead_us": (med["dynamic"] - med["same_mask"]) / vit.depth,
+        "blocks": blocks,
+        "speedup": speedup,
+        "efficiency": speedup / (vit.depth / blocks),
+    }
+
+
+@pytest.mark.benchmark
+def test_decision_overhead_per_block() -> None:
+    threads = int(os.environ.get("VITSKIP_BENCH_THREADS", "1"))
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    preset = os.environ.get("VITSKIP_BENCH_PRESET", "demo")
+    vit = SkippableViT(preset, num_classes=10).eval()
+    dyn = DynamicViT(vit, default_policy(vit)).eval()
+    x = torch.randn(256, 3, 32, 32)
+    one = calibrate(dyn, x)
+    configs = [("eager", dyn)]
+    if os.environ.get("VITSKIP_BENCH_COMPILE") == "1":
+        configs.append(("compiled", copy.deepcopy(dyn).compiled()))
+    rows = [(name, measure(model, images, 200 if len(images) == 1 else 15)) for name, model in configs for images in (one, x)]
+    shape = f"{vit.depth} blocks, D={vit.embed_dim}, {vit.num_tokens} tokens"
+    print(f"\nDynamicViT decision cost, {preset} preset ({shape}), CPU, {threads} thread(s), random weights")
+    print("| mode | batch | decide + nonzero / block (us) | block, all rows (us) | end-to-end overhead / block (us) |", end="")
+    print(" blocks / image | speedup vs static | efficiency |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows:
+        print(
+            f"| {name} | {r['batch']} | {r['decision_us']:.1f} | {r['block_us']:.1f} | {r['overhead_us']:.1f} | "
+            f"{r['blocks']:.2f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |"
+        )
+    assert all(r["decision_us"] > 0 for _, r in rows)

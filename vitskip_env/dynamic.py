@@ -1,0 +1,218 @@
+"""``DynamicViT``: a ViT fused with a skip policy, for deployment with real per-image skipping.
+
+Per block, for the whole batch: the observation of every row (the same
+:class:`~vitskip_env.observations.ObservationEncoder` the environments use, on the current tokens)
+-> the policy's deterministic decision -> the environment's constraints (``always_execute``,
+``min_blocks``) -> the block runs on the gathered executing rows only and the result is scattered
+back (:func:`~vitskip_env.core.run_executing_rows`, the function ``SkipCore`` steps with; a block no
+row executes is not called). So a deployed policy sees exactly the observations and obeys exactly
+the rules it was trained with, and for the same images ``DynamicViT`` reproduces the environment's
+executed masks and predictions.
+
+Host synchronisation: everything per block stays on the device except the ``nonzero`` that sizes
+the gather; that one is inherent to real skipping with eager kernels (the sub-batch shape is
+data-dependent) and on a GPU costs one round trip per decided block. Blocks in
+``always_execute`` skip the policy and the sync altogether. On CPU every op is synchronous anyway.
+
+A saved ``DynamicViT`` is one safetensors file (``backbone.vit.*`` = the timm weights,
+``policy.*`` = the policy network and observation statistics; its JSON config in the header and in
+a readable ``.json`` beside it), loaded without Stable-Baselines3 or pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_path, atomic_write_text
+from .backbone import SkippableViT, backbone_from_config, read_vitskip_file
+from .core import executed_fraction, run_executing_rows, skip_allowed
+from .observations import encoder_for
+from .policy import DECISIONS, Decision, SkipPolicy, deterministic_action
+
+__all__ = ["DECISIONS", "FORMAT", "Decision", "DynamicViT", "SkipPolicy", "deterministic_action"]
+
+FORMAT = "vitskip-dynamic"
+FORMAT_VERSION = 1
+
+
+class DynamicViT(nn.Module):
+    """A :class:`~vitskip_env.SkippableViT` whose blocks a :class:`SkipPolicy` skips per image, for real.
+
+    Args:
+        backbone: The ViT (the same weights the policy was trained on).
+        policy: The skip policy; its encoder must match the backbone (moved to the backbone's device).
+
+    Example:
+        >>> dyn = DynamicViT(vit, policy)                       # doctest: +SKIP
+        >>> logits, executed = dyn(images, return_mask=True)    # doctest: +SKIP
+        >>> dyn.save("runs/x/dynamic_vit.safetensors")          # doctest: +SKIP
+        >>> dyn = DynamicViT.load("runs/x/dynamic_vit.safetensors")  # doctest: +SKIP
+
+    To run the backbone in bf16, cast the backbone only (``dyn.backbone.to(torch.bfloat16)``): the
+    observations are float32 whatever the token dtype, and the policy keeps deciding in float32.
+    """
+
+    def __init__(self, backbone: SkippableViT, policy: SkipPolicy) -> None:
+        super().__init__()
+        if not isinstance(backbone, SkippableViT):
+            raise TypeError(f"backbone must be a SkippableViT, got {type(backbone).__name__}")
+        if not isinstance(policy, SkipPolicy):
+            raise TypeError(
+                f"policy must be a SkipPolicy, got {type(policy).__name__}; convert a trained agent with "
+                "agents.export_policy(model, env)"
+            )
+        expected = encoder_for(backbone, policy.encoder.mode).config()
+        got = policy.encoder.config()
+        if expected != got:
+            diff = {k: (got[k], expected[k]) for k in expected if got.get(k) != expected[k]}
+            raise ValueError(
+                f"the policy was trained on another backbone's observations: (policy, backbone) differ in {diff}. "
+                "Pair the policy with the backbone of the env it was trained in."
+            )
+        self.backbone = backbone
+        self.policy = policy.to(next(backbone.parameters()).device)
+        self.meta: dict[str, Any] = {}
+        self._compiled_decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return self.backbone.depth
+
+    def decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """``bool (N,)``: which rows execute ``block``, after the env's constraints (no host sync).
+
+        Args:
+            block: Block index.
+            tokens: ``(N, T, D)`` token state before the block.
+            executed: ``bool (N, depth)`` blocks executed so far.
+        """
+        with torch.no_grad():
+            if self._compiled_decide is not None:
+                return self._compiled_decide(block, tokens, executed)
+            return self._decide(block, tokens, executed)
+
+    def _decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        policy = self.policy
+        packed = policy.encoder.pack(tokens, block, executed_fraction(executed))
+        execute = policy.forward(packed)  # (not __call__: its bookkeeping costs ~10 us a block at batch 1)
+        if policy.min_blocks:
+            execute = execute | ~skip_allowed(block, executed, policy.min_blocks, policy.always_execute)
+        return execute
+
+    def forward(self, images: torch.Tensor, return_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits for normalised images ``(B, 3, H, W)``, each image running only the blocks its policy chose.
+
+        Args:
+            images: Normalised float images (``dataset.normalize(uint8_images)``).
+            return_mask: Also return the ``bool (B, depth)`` executed mask.
+        """
+        vit = self.backbone
+        tokens = vit.embed(images)
+        executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
+        inplace = not torch.is_grad_enabled()
+        for i in range(vit.depth):
+            if i in self.policy.always_execute:  # the env overrides any decision here: no policy, no sync
+                executed[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                continue
+            execute = self.decide(i, tokens, executed)
+            executed[:, i] = execute
+            tokens = run_executing_rows(vit, i, tokens, execute, inplace=inplace)
+        logits = vit.head(tokens)
+        return (logits, executed) if return_mask else logits
+
+    def compiled(self, **compile_kwargs: Any) -> DynamicViT:
+        """Compile every block and the decision (observation + policy + rule) with ``torch.compile``; returns self.
+
+        In place; weights and ``state_dict`` keys are unchanged. ``dynamic=True`` (the default here)
+        because each block sees a new sub-batch size almost every call and would otherwise
+        recompile per size. Fused kernels may round differently from eager mode, so a decision
+        whose two scores tie to within float rounding can differ from the env's; the eager path
+        is the exact one. Inductor on CPU needs a C++ compiler; see ``tests/benchmarks/bench_dynamic.py``
+        for what it gains.
+
+        Args:
+            **compile_kwargs: Passed to ``torch.compile`` (``mode=``, ``backend=``...).
+        """
+        opts = {"dynamic": True, **compile_kwargs}
+        for blk in self.backbone.blocks:
+            blk.compile(**opts)
+        self._compiled_decide = torch.compile(self._decide, **opts)
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """The JSON config stored in the file header and beside it."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone.config(),
+            "policy": self.policy.config(),
+            **self.meta,
+        }
+
+    def save(self, path: str | os.PathLike, **meta: Any) -> Path:
+        """Write one safetensors file (weights + JSON config in its header) and a readable ``.json`` copy.
+
+        Args:
+            path: Destination (``.safetensors``); written atomically.
+            **meta: Extra JSON-serialisable entries (``dataset``, ``top1``, ``training``...).
+
+        Raises:
+            NotImplementedError: The policy network cannot be described (see :mod:`vitskip_env.netspec`).
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.meta.update(meta)
+        text = json.dumps(self.config(), indent=2, sort_keys=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"vitskip": text})
+        atomic_write_text(path.with_suffix(".json"), text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DynamicViT:
+        """Load a file written by :meth:`save` (eval mode; no SB3, no pickle).
+
+        Raises:
+            FileNotFoundError: No such file.
+            ValueError: Truncated, foreign, another vitskip format, a newer format version, or
+                weights that do not match the config; the message says which.
+        """
+        where = repr(str(path))
+        config, state = read_vitskip_file(
+            path,
+            FORMAT,
+            missing="Every training run writes dynamic_vit.safetensors into its run directory; or build one with "
+            "DynamicViT(backbone, agents.export_policy(model, env)).save(path).",
+            resave="Re-save it with DynamicViT.save.",
+        )
+        if int(config.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(
+                f"{where} has format version {config['format_version']}, newer than this vitskip reads "
+                f"({FORMAT_VERSION}); upgrade vitskip."
+            )
+        groups: dict[str, dict[str, torch.Tensor]] = {"backbone.vit.": {}, "policy.": {}}
+        for key, value in state.items():
+            prefix = next((p for p in groups if key.startswith(p)), None)
+            if prefix is None:
+                raise ValueError(f"{where}: unexpected tensor {key!r} (only 'backbone.vit.*' and 'policy.*' belong here)")
+            groups[prefix][key[len(prefix) :]] = value
+        backbone = backbone_from_config(config["backbone"], groups["backbone.vit."], where)
+        try:
+            policy = SkipPolicy.from_config(config["policy"], groups["policy."])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
+        dyn = cls(backbone, policy)
+        dyn.meta = {k: v for k, v in config.items() if k not in ("format", "format_version", "backbone", "policy")}
+        return dyn.to(device).eval()
