@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backbone import SkippableViT
+from .core import SkipCore
+from .data import ImageDataset
+
 ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
 FINAL_INT = ("label", "prediction", "executed_blocks", "image_index")
 FINAL_FLOAT = ("compute_ratio", "difficulty")
@@ -124,3 +128,19 @@ def batched_step_info(host: dict[str, np.ndarray]) -> dict[str, Any]:
 def batched(values: dict[str, Any], n: int) -> dict[str, Any]:
     """Wrap ``{key: (n, ...) array}`` as dict-of-arrays with all-true ``_key`` masks."""
     return _masked(values, n)
+
+
+class CoreAccess:
+    """``backbone`` and ``dataset`` properties shared by the single and the vector env (both hold ``self.core``)."""
+
+    core: SkipCore
+
+    @property
+    def backbone(self) -> SkippableViT:
+        """The ``SkippableViT`` this env runs."""
+        return self.core.backbone
+
+    @property
+    def dataset(self) -> ImageDataset:
+        """The dataset split the images come from."""
+        return self.core.dataset

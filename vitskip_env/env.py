@@ -12,12 +12,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from ._api import check_action, single_step_info
-from .backbone import SkippableViT
+from ._api import CoreAccess, check_action, single_step_info
 from .core import SkipCore
 from .costs import CostModel
 from .cotrain import CotrainConfig
-from .data import ImageDataset
 from .observations import ObsMode
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
@@ -25,7 +23,7 @@ from .rewards import RewardFn
 from .sampling import ImageSampler, Sampling
 
 
-class ViTSkipEnv(gym.Env):
+class ViTSkipEnv(CoreAccess, gym.Env):
     """Learn, per image, which Vision Transformer blocks to skip.
 
     ## Description
@@ -192,16 +190,6 @@ class ViTSkipEnv(gym.Env):
         self.observation_space = self.core.encoder.space()
         self.action_space = spaces.Discrete(2)
         self.sampler = ImageSampler(len(self.core.dataset), 1, sampling)
-
-    @property
-    def backbone(self) -> SkippableViT:
-        """The ``SkippableViT`` this env runs."""
-        return self.core.backbone
-
-    @property
-    def dataset(self) -> ImageDataset:
-        """The dataset split the images come from."""
-        return self.core.dataset
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Start an episode on the next image (see Starting State)."""

@@ -10,16 +10,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ._api import batched, batched_step_info, check_actions
-from .backbone import SkippableViT
+from ._api import CoreAccess, batched, batched_step_info, check_actions
 from .core import SkipCore
-from .data import ImageDataset
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
 from .sampling import ImageSampler
 
 
-class ViTSkipVectorEnv(VectorEnv):
+class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     """The native vector version of :class:`~vitskip_env.ViTSkipEnv` (see its docstring for the task).
 
     All ``num_envs`` episodes run as one batch through the same ``SkipCore`` the single env uses:
@@ -79,16 +77,6 @@ class ViTSkipVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.sampler = ImageSampler(len(self.core.dataset), self.num_envs, self.options.sampling)
         self._autoreset = False
-
-    @property
-    def backbone(self) -> SkippableViT:
-        """The ``SkippableViT`` this env runs."""
-        return self.core.backbone
-
-    @property
-    def dataset(self) -> ImageDataset:
-        """The dataset split the images come from."""
-        return self.core.dataset
 
     # ------------------------------------------------------------------ reset
     def reset(
