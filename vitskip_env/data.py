@@ -22,7 +22,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
+#: Images held out of the end of ``train`` as ``val`` for datasets without their own validation split.
+VAL_HOLDOUT = 5_000
 
 #: Per-channel normalisation constants (the same values timm uses for these datasets).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -38,7 +40,7 @@ class ImageDataset:
 
     Attributes:
         name: Registered dataset name (``"shapes"``, ``"cifar100"``, ...).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
         images: ``uint8`` tensor ``(N, 3, H, W)``.
         labels: ``int64`` tensor ``(N,)``.
         classes: Class names, ``len(classes)`` is the number of classes.
@@ -173,7 +175,11 @@ def make_dataset(
 
     Args:
         name: One of :func:`available_datasets` (case-insensitive; ``"cifar-100"`` also works).
-        split: ``"train"`` or ``"test"`` (Tiny-ImageNet's labelled ``val`` split is its ``"test"``).
+        split: ``"train"``, ``"val"`` or ``"test"``. ``val`` is for model selection (NSGA-II fitness,
+            early stopping) so that ``test`` stays untouched: ``shapes`` renders its own 5k images from
+            a disjoint seed; the other datasets hold out the last :data:`VAL_HOLDOUT` (at most a tenth) images of
+            ``train`` (a backbone trained on the full train split has seen them, so their ``val``
+            accuracy is optimistic). Tiny-ImageNet's labelled ``val`` folder is its ``"test"``.
         root: Folder holding real datasets; default ``$VITSKIP_DATA`` or the user cache folder.
         download: Fetch a missing real dataset with torchvision's downloader. Never implied.
         device: Where the tensors live; all later indexing and normalisation happens there.
@@ -187,17 +193,28 @@ def make_dataset(
         hint = difflib.get_close_matches(key_name, list(_LOADERS), n=1)
         extra = f" Did you mean {hint[0]!r}?" if hint else ""
         raise ValueError(f"Unknown dataset {name!r}; available: {sorted(_LOADERS)}.{extra}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     root_path = Path(root).expanduser() if root is not None else default_root()
     device = torch.device(device)
     key = (key_name, split, str(root_path.resolve()) if key_name != "shapes" else "", str(device))
     if key not in _CACHE:
         cpu_key = (*key[:3], "cpu")
-        ds = _CACHE.get(cpu_key) or _LOADERS[key_name](split, root_path, download)
+        ds = _CACHE.get(cpu_key) or _load(key_name, split, root_path, download)
         _CACHE[cpu_key] = ds
         _CACHE[key] = ds.to(device)
     return _CACHE[key]
+
+
+def _load(name: str, split: str, root: Path, download: bool) -> ImageDataset:
+    if split != "val" or name == "shapes":
+        return _LOADERS[name](split, root, download)
+    train = make_dataset(name, "train", root, download)
+    tail = slice(len(train) - min(VAL_HOLDOUT, len(train) // 10), None)
+    diff = None if train.difficulty is None else train.difficulty[tail]
+    return ImageDataset(
+        train.name, "val", train.images[tail], train.labels[tail], list(train.classes), train.mean, train.std, diff
+    )
 
 
 def clear_cache() -> None:

@@ -103,7 +103,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ```
 
     - ``dataset`` / ``split`` / ``data_root`` / ``download``: the data (``make_dataset``); ``split``
-      is ``"train"`` (default) or ``"test"``. Nothing is downloaded unless ``download=True``.
+      is ``"train"`` (default), ``"val"`` (held out for model selection) or ``"test"``. Nothing is downloaded unless ``download=True``.
     - ``num_images``: use only the first ``num_images`` images of the split (fast tests, quick runs).
     - ``backbone``: a ``.safetensors`` path from ``SkippableViT.save``, a preset or timm name (its
       trained file from ``train/backbone.py`` is required), ``"random"`` (untrained default preset)
@@ -141,7 +141,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     def __init__(
         self,
         dataset: str = "shapes",
-        split: Literal["train", "test"] = "train",
+        split: Literal["train", "val", "test"] = "train",
         backbone: str | os.PathLike | nn.Module | None = None,
         backbone_weights: Literal["trained", "random"] = "trained",
         backbone_mode: Literal["frozen", "cotrain"] = "frozen",

@@ -64,7 +64,7 @@ class EnvOptions:
     """Keyword arguments of ``ViTSkipEnv`` / ``ViTSkipVectorEnv`` (documented on ``ViTSkipEnv``)."""
 
     dataset: str = "shapes"
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "val", "test"] = "train"
     backbone: str | os.PathLike | nn.Module | None = None
     backbone_weights: Literal["trained", "random"] = "trained"
     backbone_mode: Literal["frozen", "cotrain"] = "frozen"
@@ -98,7 +98,7 @@ class EnvOptions:
             "obs_mode": OBS_MODES,
             "cost_model": COST_MODELS,
             "sampling": SAMPLING_MODES,
-            "split": ("train", "test"),
+            "split": ("train", "val", "test"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:

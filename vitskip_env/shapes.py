@@ -44,8 +44,9 @@ SHAPE_CLASSES: tuple[str, ...] = (
     "frame",
 )
 IMAGE_SIZE = 32
-SPLIT_SIZES = {"train": 50_000, "test": 10_000}
-SPLIT_SEEDS = {"train": 20_251_121, "test": 70_251_121}
+SPLIT_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
+#: Disjoint seeds: no image of one split is rendered from the seed stream of another.
+SPLIT_SEEDS = {"train": 20_251_121, "val": 40_251_121, "test": 70_251_121}
 #: Bump when rendering changes, so stale disk caches are never reused.
 GENERATOR_VERSION = 2
 _SS = 2  # supersampling factor
@@ -194,10 +195,10 @@ def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``train`` (50k) or ``test`` (10k) split, from the disk cache when present.
+    """The ``train`` (50k), ``val`` (5k) or ``test`` (10k) split, from the disk cache when present.
 
     Args:
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
         n: Number of images (default: the split's standard size).
         use_disk_cache: Read/write ``cache_dir()/shapes/*.npz`` (atomic writes).
     """

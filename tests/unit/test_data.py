@@ -178,4 +178,14 @@ def test_registered_names_and_unknown_name() -> None:
     with pytest.raises(ValueError, match="Did you mean 'cifar100'"):
         make_dataset("cifar1000")
     with pytest.raises(ValueError, match="split must be"):
-        make_dataset("digits", "val")  # type: ignore[arg-type]
+        make_dataset("digits", "valid")  # type: ignore[arg-type]
+
+
+def test_val_split_is_the_tail_of_train_for_real_datasets(mini_cifar10: dict) -> None:
+    train = make_dataset("cifar10", "train", root=mini_cifar10["root"])
+    val = make_dataset("cifar10", "val", root=mini_cifar10["root"])
+    n = min(data.VAL_HOLDOUT, len(train) // 10)
+    assert val.split == "val" and len(val) == n > 0
+    assert torch.equal(val.images, train.images[-n:]) and torch.equal(val.labels, train.labels[-n:])
+    with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
+        make_dataset("cifar10", "validation", root=mini_cifar10["root"])

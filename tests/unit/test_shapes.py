@@ -29,11 +29,10 @@ def test_render_output_format_and_balance() -> None:
     assert difficulty.std() > 0.15  # a real spread of easy and hard images
 
 
-def test_train_and_test_splits_are_disjoint() -> None:
-    train = shapes.generate_split("train", n=2000, use_disk_cache=False)[0]
-    test = shapes.generate_split("test", n=2000, use_disk_cache=False)[0]
-    digest = {hashlib.sha1(img.tobytes()).hexdigest() for img in train}
-    assert not any(hashlib.sha1(img.tobytes()).hexdigest() in digest for img in test)
+def test_train_val_and_test_splits_are_disjoint() -> None:
+    splits = {s: shapes.generate_split(s, n=2000, use_disk_cache=False)[0] for s in ("train", "val", "test")}
+    digests = {s: {hashlib.sha1(img.tobytes()).hexdigest() for img in imgs} for s, imgs in splits.items()}
+    assert len(digests["train"] | digests["val"] | digests["test"]) == sum(len(d) for d in digests.values())
 
 
 def test_disk_cache_is_written_atomically_and_reused(monkeypatch: pytest.MonkeyPatch) -> None:
