@@ -66,7 +66,7 @@ def evaluate_agent(
         ``mean_return`` (mean episode reward), ``difficulty_corr`` (Spearman rank correlation of
         difficulty and executed blocks, when the dataset knows difficulty), ``throughput_ratio``
         (with ``throughput_fn``) and ``episodes`` (with ``return_episodes``: ``image_index``,
-        ``label``, ``prediction``, ``correct``, ``executed_blocks``, ``compute_ratio``, ``return``,
+        ``label``, ``prediction``, ``correct``, ``confidence``, ``executed_blocks``, ``compute_ratio``, ``return``,
         ``executed_mask`` ``(n, depth)`` and ``difficulty`` when known).
     """
     venv = make_eval_env(env, min(num_envs, n_images or num_envs), split) if isinstance(env, Mapping) else env
@@ -122,6 +122,7 @@ _EPISODE_KEYS = (
     "label",
     "prediction",
     "correct",
+    "confidence",
     "executed_blocks",
     "compute_ratio",
     "executed_mask",

@@ -8,7 +8,7 @@ and all ``N`` episodes stay one batch on the device.
 
 Per step it builds ``N`` small info dicts holding only what SB3 reads (``TimeLimit.truncated``)
 and, on the terminal step, ``terminal_observation`` and the episode summary (``label``,
-``prediction``, ``correct``, ``is_success``, ``executed_blocks``, ``compute_ratio``,
+``prediction``, ``correct``, ``confidence``, ``is_success``, ``executed_blocks``, ``compute_ratio``,
 ``image_index`` and ``difficulty`` where known): the native env's dict-of-arrays is converted
 column-wise with ``tolist()``, never element by element through numpy scalars.
 """
@@ -30,6 +30,7 @@ EPISODE_INFO_KEYS: tuple[str, ...] = (
     "label",
     "prediction",
     "correct",
+    "confidence",
     "is_success",
     "executed_blocks",
     "compute_ratio",

@@ -3,7 +3,8 @@
 Read top to bottom: build env -> build (or resume) agent -> learn (Ctrl-C saves a checkpoint) ->
 export a ``DynamicViT`` -> evaluate it against the static backbone in the same process -> write the
 run directory (``args.yaml``, ``model.zip``/``.pt``, ``dynamic_vit.safetensors``, ``progress.csv`` +
-TensorBoard, ``eval.parquet``, ``summary.json``, ``summary.md``).
+TensorBoard, ``eval.parquet``, ``summary.json``, ``summary.md``) -> the skip-pattern report (``report.md``,
+``plots/``; ``analysis.report``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import common
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 
+from analysis.frames import from_episodes
 from vitskip_env._io import atomic_path, atomic_write_text
 
 
@@ -154,8 +155,23 @@ def run(args: RLArgs) -> Path:
     save_checkpoint(model, ckpt_dir)
     finish(model, env, args, kwargs, run_dir, train_seconds)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
+    write_run_report(run_dir)
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """Write the skip-pattern report (``report.md`` + ``plots/``); a failure only warns, the run is complete."""
+    try:
+        from analysis.report import write_report
+
+        path = write_report([run_dir])
+    except Exception as exc:  # the run's own files are written; the report can be made again at any time
+        print(f"warning: the skip-pattern report failed ({type(exc).__name__}: {exc}); the run itself is complete.\n"
+              f"Make the report with: python -m analysis.report {run_dir}", file=sys.stderr)  # fmt: skip
+        return None
+    print(f"report: {path}")
+    return path
 
 
 def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: Path, train_seconds: float) -> dict:
@@ -207,21 +223,8 @@ def backbone_device(backbone: torch.nn.Module) -> torch.device:
 
 
 def _write_eval_parquet(path: Path, ep: dict[str, np.ndarray], dataset: Any) -> None:
-    """One row per image x block: the tidy frame the analysis package reads."""
-    mask = np.asarray(ep["executed_mask"], dtype=bool)
-    n, depth = mask.shape
-    frame = pd.DataFrame({
-        "image_index": np.repeat(ep["image_index"], depth).astype(np.int64),
-        "block": np.tile(np.arange(depth), n).astype(np.int16),
-        "executed": mask.reshape(-1),
-        "label": np.repeat(ep["label"], depth).astype(np.int64),
-        "prediction": np.repeat(ep["prediction"], depth).astype(np.int64),
-        "correct": np.repeat(ep["correct"], depth).astype(bool),
-        "executed_blocks": np.repeat(ep["executed_blocks"], depth).astype(np.int16),
-    })  # fmt: skip
-    frame["class_name"] = pd.Categorical.from_codes(frame["label"], categories=list(dataset.classes))
-    if "difficulty" in ep:
-        frame["difficulty"] = np.repeat(ep["difficulty"], depth).astype(np.float32)
+    """One row per image x block: the tidy skip frame the analysis package reads (columns: ``analysis.frames``)."""
+    frame = from_episodes(ep, list(dataset.classes))
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 

@@ -19,7 +19,7 @@ from .data import ImageDataset
 
 ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
 FINAL_INT = ("label", "prediction", "executed_blocks", "image_index")
-FINAL_FLOAT = ("compute_ratio", "difficulty")
+FINAL_FLOAT = ("compute_ratio", "difficulty", "confidence")
 
 
 def check_action(action: Any) -> int:

@@ -84,9 +84,9 @@ class CoreStep:
         components: Weighted reward components ``{name: (N,)}``; they sum to ``reward``.
         overridden: ``bool (N,)`` actions turned from skip into execute by a constraint.
         terminal: Whether the episodes ended with this step (all of them do together).
-        final: On the last step: ``label``, ``prediction``, ``correct``, ``executed_mask``,
-            ``executed_blocks``, ``compute_ratio``, ``image_index`` (and ``difficulty`` when the
-            dataset knows it); else ``None``.
+        final: On the last step: ``label``, ``prediction``, ``correct``, ``confidence`` (softmax
+            probability of the predicted class), ``executed_mask``, ``executed_blocks``,
+            ``compute_ratio``, ``image_index`` (and ``difficulty`` when the dataset knows it); else ``None``.
     """
 
     obs: torch.Tensor
@@ -211,11 +211,13 @@ class SkipCore:
         return CoreStep(self.observe(), reward, components, overridden, terminal, final)
 
     def _final(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        prediction = logits.argmax(1)
+        prediction = logits.argmax(1)  # argmax of the logits, exactly as DynamicViT and the backbone predict
+        confidence = logits.float().softmax(1).gather(1, prediction[:, None]).squeeze(1)  # p(predicted class)
         final = {
             "label": self.labels,
             "prediction": prediction,
             "correct": prediction == self.labels,
+            "confidence": confidence,
             "executed_mask": self.executed.clone(),
             "executed_blocks": self.executed.sum(1),
             "compute_ratio": self.executed.float() @ self.costs,

@@ -89,7 +89,8 @@ class ViTSkipEnv(CoreAccess, gym.Env):
 
     Every episode is exactly ``L`` steps and then terminates (``terminated=True``); it is never
     truncated. The last step's info adds ``label``, ``prediction``, ``correct``, ``is_success``
-    (= ``correct``, for SB3's success rate), ``executed_mask`` (bool ``(L,)``),
+    (= ``correct``, for SB3's success rate), ``confidence`` (softmax probability of the predicted
+    class), ``executed_mask`` (bool ``(L,)``),
     ``executed_blocks``, ``compute_ratio`` (cost share spent, in [0, 1]), ``image_index`` and, for
     datasets that know it (shapes), ``difficulty``.
 

@@ -1,16 +1,22 @@
-"""train/ppo.py end to end on a tiny budget: the full run directory, interrupt + --resume, a module:Class agent."""
+"""train/ppo.py end to end on a tiny budget: the run directory and its report, interrupt + --resume, a module:Class agent."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import plots
+from analysis.report import RUN_PLOTS
 from vitskip_env import DynamicViT, SkippableViT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +54,62 @@ def test_ppo_script_writes_the_full_run_directory(tmp_path: Path, micro_file: st
     frame = pd.read_parquet(run_dir / "eval.parquet")
     assert len(frame) == 256 * 4 and set(frame.columns) >= {"image_index", "block", "executed", "correct", "difficulty"}
     assert frame.groupby("image_index").executed.sum().mean() == pytest.approx(summary["executed_blocks"])
+    assert frame["confidence"].dtype == np.float32 and frame["confidence"].between(0.1, 1.0).all()  # 10 classes: p >= 1/10
     dyn = DynamicViT.load(run_dir / "dynamic_vit.safetensors")
     assert dyn.depth == 4
+    _check_report(run_dir, summary)
+    assert f"report: {run_dir / 'report.md'}" in proc.stdout
+
+
+def _check_report(run_dir: Path, summary: dict) -> None:
+    """report.md exists, embeds every plot (non-empty PNGs of figsize x dpi) and its tables agree with summary.json."""
+    text = (run_dir / "report.md").read_text()
+    for name in RUN_PLOTS:
+        png = run_dir / "plots" / f"{name}.png"
+        assert f"](plots/{name}.png)" in text and (run_dir / "plots" / f"{name}.svg").stat().st_size > 0
+        image = matplotlib.image.imread(png)
+        assert image.shape[:2] == (round(plots.FIGSIZE[1] * plots.DPI), round(plots.FIGSIZE[0] * plots.DPI)), name
+        assert image[..., :3].std() > 0.01, name
+    assert "Warning" not in text
+    head = _md_table(text, "## Headline")
+    assert float(head.loc["top-1 (%)", "eval.parquet"]) == pytest.approx(summary["top1_dynamic"], abs=0.005)
+    assert float(head.loc["top-1 of the static backbone (%)", "summary.json"]) == pytest.approx(
+        summary["top1_static"], abs=0.005
+    )
+    blocks = head.loc[f"executed blocks (mean, of {summary['depth']})", "eval.parquet"]
+    assert float(blocks) == pytest.approx(summary["executed_blocks"], abs=0.0005)
+    assert float(head.loc["executed fraction", "eval.parquet"]) == pytest.approx(summary["executed_frac"], abs=0.0005)
+    corr = head.loc["difficulty vs depth (Spearman)", "eval.parquet"]
+    expected = summary["difficulty_corr"]  # NaN (or None) when the micro policy gives every image the same depth
+    if corr == "n/a":
+        assert expected is None or math.isnan(expected)
+    else:
+        assert float(corr) == pytest.approx(expected, abs=5e-4)
+    assert int(head.loc["test images", "eval.parquet"].replace(",", "")) == summary["test_images"]
+    rates = _md_table(text, "## Execute rate per block").loc["eval.parquet"].astype(float)
+    np.testing.assert_allclose(rates, summary["block_rates"], atol=5e-5)
+    depth = _md_table(text, "## Depth\n")
+    assert sum(int(v.replace(",", "")) for v in depth["images"]) == summary["test_images"]
+    speed = _md_table(text, "## Throughput")
+    assert speed["batch"].astype(int).tolist() == [int(b) for b in summary["speed"] for _ in ("static", "dynamic")]
+
+
+def _md_table(text: str, heading: str) -> pd.DataFrame:
+    """The first markdown table after ``heading``, as strings, indexed by its first column."""
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in itertools.takewhile(lambda x: x.startswith("|"), lines[start:])
+    ]
+    return pd.DataFrame(rows[2:], columns=rows[0]).set_index(rows[0][0])
+
+
+def test_a_failing_report_does_not_lose_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "eval.parquet").write_text("not parquet")
+    assert rl.write_run_report(tmp_path) is None
+    err = capsys.readouterr().err
+    assert "the run itself is complete" in err and f"python -m analysis.report {tmp_path}" in err
 
 
 def test_interrupt_then_resume_continues_from_the_checkpoint(tmp_path: Path, micro_file: str, monkeypatch) -> None:

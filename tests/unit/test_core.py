@@ -76,6 +76,8 @@ def test_to_host_types_and_one_transfer(micro_kwargs: dict) -> None:
     host = SkipCore.to_host(result)
     assert host["obs"].dtype == np.float32 and host["obs"].shape == (2, 37)
     assert host["final/label"].dtype == np.int64 and host["final/correct"].dtype == bool
+    confidence = host["final/confidence"]  # softmax probability of the predicted class
+    assert confidence.dtype == np.float32 and ((confidence > 0) & (confidence <= 1)).all()
     assert host["final/executed_mask"].shape == (2, 4)
     assert host["final/executed_mask"].tolist() == [[True] * 4, [True, True, True, False]]
     assert np.array_equal(host["final/image_index"], core.image_index.numpy())

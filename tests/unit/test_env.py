@@ -51,6 +51,8 @@ def test_episode_types_and_final_info(micro_kwargs: dict) -> None:
         x = env.dataset.normalize(env.dataset.images[k : k + 1])
         logits = env.backbone(x, execute_mask=torch.tensor([actions], dtype=torch.bool))
     assert last["prediction"] == int(logits.argmax(1))
+    assert type(last["confidence"]) is float
+    assert last["confidence"] == pytest.approx(float(logits.softmax(1).max()), rel=1e-5)
     for info in infos[:-1]:
         assert set(info) == {"reward_components", "action_overridden"}
 

@@ -17,6 +17,7 @@ EPISODE_KEYS = {
     "label",
     "prediction",
     "correct",
+    "confidence",
     "is_success",
     "executed_blocks",
     "compute_ratio",
