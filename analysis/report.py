@@ -3,8 +3,9 @@
 One run: ``RUN_DIR/report.md`` and ``RUN_DIR/plots/<name>.png`` (+ ``.svg``) for the names in
 :data:`RUN_PLOTS`. Several runs: a comparison (table, Pareto plot of the runs, execute rates side by
 side) followed by one section per run, written to ``--out`` (default: ``report__<time>`` beside the
-first run). ``--front`` adds NSGA-II fronts to the Pareto plot; ``--benchmark`` replaces the run's own
-static-vs-dynamic speed comparison (two batch sizes, from ``summary.json``) by ``train/benchmark.py``'s table.
+first run). ``--front`` adds NSGA-II fronts to the Pareto plot. The throughput table and plot show
+``--benchmark`` (``train/benchmark.py``'s table), else the run's own ``benchmark/benchmark.parquet``
+when ``train/benchmark.py`` has measured the run, else the run's static-vs-dynamic comparison in ``summary.json``.
 
 Every table is computed from ``eval.parquet`` with :mod:`analysis.stats`; the headline numbers are
 shown beside ``summary.json``'s and any disagreement is written into the report. The training
@@ -34,6 +35,8 @@ RUN_PLOTS: tuple[str, ...] = ("class_block_heatmap", "depth_histogram", "accurac
 #: Plots of a comparison of several runs (plus each run's :data:`RUN_PLOTS` under ``plots/<run>/``).
 COMPARE_PLOTS: tuple[str, ...] = ("pareto", "block_rates")
 REPORT_FILE = "report.md"
+#: Where ``train/benchmark.py --run RUN_DIR`` writes its table; the report uses it when present.
+BENCHMARK_FILE = "benchmark/benchmark.parquet"
 
 Fronts = Mapping[str, pd.DataFrame] | Sequence[str | os.PathLike]
 
@@ -53,7 +56,8 @@ def write_report(
         out_dir: Where to write; default the run directory (one run) or ``report__<time>`` beside
             the first run (several).
         fronts: NSGA-II fronts for the Pareto plot: ``name -> frame`` or paths (``front.parquet`` or its folder).
-        benchmark: The benchmark table (path or frame) for the throughput plot and table.
+        benchmark: The benchmark table (path or frame) for the throughput plot and table (default:
+            each run's ``benchmark/benchmark.parquet`` if there is one, else its ``summary.json`` speeds).
         formats: Image formats of every plot (the report embeds the PNGs).
 
     Raises:
@@ -65,6 +69,9 @@ def write_report(
         raise ValueError("write_report needs at least one run directory")
     if "png" not in formats:
         raise ValueError(f"formats must include 'png' (the report embeds PNGs); got {list(formats)}")
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"run directories need distinct folder names (plots are filed under them); got {names}")
     if out_dir is None:
         out_dir = runs[0] if len(runs) == 1 else runs[0].parent / f"report__{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out_dir)
@@ -108,7 +115,8 @@ def _run_section(
 ) -> list[str]:
     frame, summary = read_eval(run), read_summary(run)
     head = stats.overall(frame)
-    speed = bench if bench is not None else speed_frame(summary)
+    own_bench = run / BENCHMARK_FILE
+    speed = bench if bench is not None else read_benchmark(own_bench) if own_bench.is_file() else speed_frame(summary)
     figures: dict[str, Any] = {
         "class_block_heatmap": lambda: plots.plot_class_block_heatmap(frame),
         "depth_histogram": lambda: plots.plot_depth_histogram(frame),

@@ -125,6 +125,9 @@ def test_benchmark_table_replaces_the_run_speed(tmp_path: Path) -> None:
     bench.to_csv(tmp_path / "bench.csv", index=False)
     text = write_report([run], benchmark=tmp_path / "bench.csv", formats=("png",)).read_text()
     assert table(text, "## Throughput")["model"].tolist() == ["static", "random", "static", "random"]
+    (run / "benchmark").mkdir()
+    bench.assign(model="dynamic").to_parquet(run / "benchmark" / "benchmark.parquet")  # the run's own benchmark
+    assert set(table(write_report([run], formats=("png",)).read_text(), "## Throughput")["model"]) == {"dynamic"}
     bench.drop(columns="model").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"not a benchmark table: missing columns \['model'\]"):
         write_report([run], benchmark=tmp_path / "bad.csv")
