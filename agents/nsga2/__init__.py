@@ -9,3 +9,7 @@ from __future__ import annotations
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, read_front, str_to_mask, write_front
 
 __all__ = ["FRONT_COLUMNS", "mask_to_str", "non_dominated", "read_front", "str_to_mask", "write_front"]
+
+from .rewards import search_rewards
+
+__all__ += ["search_rewards"]
