@@ -104,7 +104,8 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ```
 
     - ``dataset`` / ``split`` / ``data_root`` / ``download``: the data (``make_dataset``); ``split``
-      is ``"train"`` (default), ``"val"`` (held out for model selection) or ``"test"``. Nothing is downloaded unless ``download=True``.
+      is ``"train"`` (default), ``"val"`` (held out for model selection) or ``"test"``. Nothing is
+      downloaded unless ``download=True``.
     - ``num_images``: use only the first ``num_images`` images of the split (fast tests, quick runs).
     - ``backbone``: a ``.safetensors`` path from ``SkippableViT.save``, a preset or timm name (its
       trained file from ``train/backbone.py`` is required), ``"random"`` (untrained default preset)
