@@ -17,6 +17,13 @@ from __future__ import annotations
 
 import os
 import sys
+
+#: glibc malloc settings the benchmark process starts with (see ARCHITECTURE.md, performance facts):
+#: without them large activations are mapped and unmapped every forward (page faults cost 25-35%).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+if __name__ == "__main__" and "--no-malloc-tuning" not in sys.argv and not all(k in os.environ for k in MALLOC_ENV):
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})  # before torch is imported
+
 import time
 from dataclasses import dataclass
 from itertools import combinations
@@ -28,10 +35,6 @@ import torch
 import tyro
 
 from vitskip_env._io import atomic_path, atomic_write_text
-
-#: glibc malloc settings the benchmark process starts with (see ARCHITECTURE.md, performance facts):
-#: without them large activations are mapped and unmapped every forward (page faults cost 25-35%).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 @dataclass
@@ -258,12 +261,5 @@ def markdown(frame: pd.DataFrame, facts: dict) -> str:
     return "\n".join(lines)
 
 
-def _restart_with_malloc_tuning(args: Args) -> None:
-    if args.malloc_tuning and not all(k in os.environ for k in MALLOC_ENV):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-
-
 if __name__ == "__main__":
-    cli = tyro.cli(Args)
-    _restart_with_malloc_tuning(cli)
-    main(cli)
+    main(tyro.cli(Args))

@@ -155,7 +155,7 @@ def measure_speed(
     rows = []
     for name in (c for c in CONTENDERS if c in executed):
         blocks = executed[name]
-        ideal = vit.depth / blocks
+        ideal = vit.depth / blocks if blocks else float("inf")
         bound = t_static / (t_fixed + (t_static - t_fixed) * blocks / vit.depth)
         s = speed[name]
         rows.append({
