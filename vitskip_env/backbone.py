@@ -10,6 +10,7 @@ reproduces ``timm_model(x)``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class SkippableViT(nn.Module):
         self.model_name = model_name
         self.model_kwargs = kwargs if kwargs is not None else _infer_kwargs(vit)
         self.meta: dict[str, Any] = {}
+        self.kept_blocks: list[int] | None = None
         self._flops: list[int] | None = None
 
     # ------------------------------------------------------------------ structure
@@ -203,6 +205,34 @@ class SkippableViT(nn.Module):
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
 
+    def pruned(self, keep: Sequence[bool] | Sequence[int] | torch.Tensor) -> SkippableViT:
+        """A copy with only the kept blocks: a shorter ``blocks`` sequence, so removed blocks cost nothing.
+
+        The copy's logits equal this model's run with ``execute_mask`` = ``keep`` for every image. It
+        saves and loads like any backbone (:meth:`save`, :func:`load_backbone`); its config keeps the
+        source architecture and lists the source indices of the kept blocks as ``kept_blocks``
+        (composed when an already pruned model is pruned again).
+
+        Args:
+            keep: ``bool (depth,)`` mask (True = kept) or the kept block indices.
+
+        Raises:
+            ValueError: A mask of the wrong length, an index out of range or no block kept.
+        """
+        idx = _kept_indices(keep, self.depth)
+        vit = copy.deepcopy(self.vit)
+        vit.blocks = nn.Sequential(*[vit.blocks[i] for i in idx])
+        if isinstance(getattr(vit, "feature_info", None), list):
+            vit.feature_info = vit.feature_info[: len(idx)]  # one entry per block, named blocks.<i>
+        out = SkippableViT(vit)
+        out.model_name, out.model_kwargs = self.model_name, copy.deepcopy(self.model_kwargs)
+        out.meta = copy.deepcopy(self.meta)
+        source = self.kept_blocks if self.kept_blocks is not None else list(range(self.depth))
+        out.kept_blocks = [source[i] for i in idx]
+        if self._flops is not None:
+            out._flops = [self._flops[i] for i in idx]
+        return out.train(self.training)
+
     # ------------------------------------------------------------------ cost model
     def block_flops(self) -> list[int]:
         """FLOPs of each block for one image (counted once with torch's FLOP counter, then cached)."""
@@ -235,6 +265,7 @@ class SkippableViT(nn.Module):
             "num_classes": self.num_classes,
             "depth": self.depth,
             "embed_dim": self.embed_dim,
+            **({"kept_blocks": self.kept_blocks} if self.kept_blocks is not None else {}),
             **self.meta,
         }
 
@@ -283,6 +314,22 @@ def _create(
         pretrained = True
     vit = timm.create_model(model_name, pretrained=pretrained, **create_kwargs)
     return vit, model_name, kwargs
+
+
+def _kept_indices(keep: Sequence[bool] | Sequence[int] | torch.Tensor, depth: int) -> list[int]:
+    """Sorted kept block indices from a ``bool (depth,)`` mask (list, numpy or tensor) or a list of indices."""
+    values = torch.as_tensor(keep.tolist() if hasattr(keep, "tolist") else list(keep))
+    if values.dtype == torch.bool:
+        if values.shape != (depth,):
+            raise ValueError(f"a keep mask needs one bool per block ({depth}), got shape {tuple(values.shape)}")
+        idx = values.nonzero().flatten().tolist()
+    else:
+        idx = sorted(set(values.flatten().tolist()))
+        if any(not 0 <= i < depth for i in idx):
+            raise ValueError(f"kept block indices must lie in [0, {depth - 1}], got {values.tolist()}")
+    if not idx:
+        raise ValueError("a pruned model needs at least one kept block")
+    return [int(i) for i in idx]
 
 
 def _infer_kwargs(vit: nn.Module) -> dict[str, Any]:
@@ -353,11 +400,13 @@ def backbone_from_config(config: dict[str, Any], state: dict[str, torch.Tensor],
         ValueError: The weights do not match the architecture (``where`` names the file).
     """
     vit = SkippableViT(config["model_name"], **config["model_kwargs"])
+    if config.get("kept_blocks") is not None:  # a pruned model: the source architecture, then its kept blocks
+        vit = vit.pruned(config["kept_blocks"])
     try:
         vit.vit.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{where}: weights do not match the architecture in its config: {exc}") from exc
-    structural = {"format", "format_version", "model_name", "model_kwargs", "num_classes", "depth", "embed_dim"}
+    structural = {"format", "format_version", "model_name", "model_kwargs", "num_classes", "depth", "embed_dim", "kept_blocks"}
     vit.meta = {k: v for k, v in config.items() if k not in structural}
     return vit
 
