@@ -121,18 +121,22 @@ class DaskRunner:
         try:
             for future in as_completed(self._futures):
                 on_result(future.result())
-        finally:
-            self._futures = []
+        except BaseException:
+            self.cancel()  # a failed individual or Ctrl-C: stop the others
+            raise
+        self._futures = []
 
     def score(self, payloads: Sequence[Mapping[str, Any]], split: str, n_images: int | None = None) -> list[dict[str, float]]:
         """Scores of each policy on ``split``, computed on the workers (in order)."""
         assert self.client is not None
-        futures = [self.client.submit(score_task, self.plugin_name, p, split, n_images, pure=False) for p in payloads]
-        self._futures = futures
+        self._futures = [self.client.submit(score_task, self.plugin_name, p, split, n_images, pure=False) for p in payloads]
         try:
-            return self.client.gather(futures)
-        finally:
-            self._futures = []
+            scores = self.client.gather(self._futures)
+        except BaseException:
+            self.cancel()
+            raise
+        self._futures = []
+        return scores
 
     def cancel(self) -> None:
         """Cancel the tasks still pending (after an interrupt)."""

@@ -61,6 +61,10 @@ from .reward_worker import (
 
 #: Objectives, both minimised.
 OBJECTIVES: tuple[str, str] = ("error", "executed_frac")
+#: Offspring closer than this to an evaluated individual (Euclidean, each variable scaled to [0, 1]) are
+#: duplicates: SBX on a small population proposes near-copies whose difference is training noise, and
+#: re-training them would only let NSGA-II keep the luckier seed.
+DUPLICATE_TOLERANCE = 0.01
 MODELS_DIR = "models"
 
 
@@ -112,6 +116,10 @@ class RewardWeightingProblem(Problem):
         self._evaluate_params = evaluate
         lows, highs = zip(*(v.bounds() for v in self.variables.values()), strict=True)
         super().__init__(n_var=len(self.variables), n_obj=len(OBJECTIVES), xl=np.array(lows), xu=np.array(highs))
+
+    def normalized(self, pop: Any) -> np.ndarray:
+        """A pymoo population's ``X`` with every variable scaled to [0, 1] (for duplicate elimination)."""
+        return (np.atleast_2d(pop.get("X")).astype(float) - self.xl) / (self.xu - self.xl)
 
     def decode(self, x: np.ndarray) -> dict[str, float]:
         """One row of ``X`` -> ``{name: parameter value}``."""
@@ -177,6 +185,7 @@ def search_rewards(
         KeyboardInterrupt: After writing the current front and shutting the cluster down.
     """
     from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.duplicate import DefaultDuplicateElimination
     from pymoo.operators.crossover.sbx import SBX
     from pymoo.operators.mutation.pm import PM
     from pymoo.operators.sampling.rnd import FloatRandomSampling
@@ -208,11 +217,11 @@ def search_rewards(
     atomic_write_text(out / "rewards_search.json", json.dumps(state.settings(pop_size, n_gen, dask_scheduler, n_workers),
                                                               indent=2, default=str) + "\n")  # fmt: skip
     runner = _make_runner(config, dask_scheduler, n_workers)
+    problem = RewardWeightingProblem(variables, lambda params: state.evaluate(runner, params))
     algorithm = NSGA2(
         pop_size=pop_size, sampling=FloatRandomSampling(), crossover=SBX(prob=0.9, eta=15), mutation=PM(eta=20),
-        eliminate_duplicates=True,
+        eliminate_duplicates=DefaultDuplicateElimination(epsilon=DUPLICATE_TOLERANCE, func=problem.normalized),
     )  # fmt: skip
-    problem = RewardWeightingProblem(variables, lambda params: state.evaluate(runner, params))
     algorithm.setup(problem, termination=("n_gen", n_gen), seed=seed, verbose=False)
     try:
         generation = 0
@@ -255,6 +264,8 @@ def _env_kwargs(env_id: str, env_kwargs: Mapping[str, Any] | None, variables: Ma
     searched = sorted(set(user) & set(variables))
     if searched:
         raise ValueError(f"{searched} are searched by the reward search; leave them out of env_kwargs")
+    if "device" in user:
+        raise ValueError("give the device as search_rewards(device=...), not in env_kwargs (the workers resolve it)")
     kwargs = {**spec.kwargs, **user}
     opts = EnvOptions.from_kwargs(kwargs, "search_rewards env_kwargs")
     opts.validate()
