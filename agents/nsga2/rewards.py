@@ -23,7 +23,8 @@ Evaluations run on Dask distributed (:mod:`agents.nsga2.dask_workers`): a local 
 or a running scheduler; the backbone and data are loaded once per worker and a task is only an
 individual's values and seed. Evaluation ``i`` (0, 1, ... in submission order) trains with seed
 :func:`~agents.nsga2.reward_worker.individual_seed` ``(seed, i)`` on any worker, so the same
-``seed`` gives the same front whatever the number of workers (on the same device kind).
+``seed`` gives the same front whatever the number of workers, serial included (bit for bit on
+CPU with the same ``threads_per_worker``; CUDA kernels are not all deterministic).
 
 Output in ``out_dir``: ``front.parquet`` / ``.csv`` (the non-dominated individuals, the format of
 :mod:`agents.nsga2.front`), ``evaluations.parquet`` / ``.csv`` (every individual), ``models/`` (a
