@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -37,15 +38,21 @@ class RewardWorkerPlugin(WorkerPlugin):
     Args:
         config: The search's worker configuration (pickled once per worker, not per task).
         name: Plugin name, unique per search so that searches sharing a cluster do not mix.
+        ignore_sigint: Make the worker process ignore Ctrl-C (the local cluster's workers share the
+            terminal with the client, which handles Ctrl-C and shuts them down).
     """
 
-    def __init__(self, config: WorkerConfig, name: str) -> None:
+    def __init__(self, config: WorkerConfig, name: str, ignore_sigint: bool = False) -> None:
         self.config = config
         self.name = name
+        self.ignore_sigint = ignore_sigint
         self.worker: RewardWorker | None = None
 
     def setup(self, worker: Any) -> None:
         """Create the worker's ``RewardWorker`` (it loads the backbone on its first task, in a task thread)."""
+        if self.ignore_sigint:
+            with contextlib.suppress(ValueError):  # only possible from the process's main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.worker = RewardWorker(self.config)
 
     def teardown(self, worker: Any) -> None:
@@ -103,7 +110,8 @@ class DaskRunner:
                 self.client = Client(self.cluster)
             else:
                 self.client = _connect(address)
-            self.client.register_plugin(RewardWorkerPlugin(config, self.plugin_name), name=self.plugin_name)
+            plugin = RewardWorkerPlugin(config, self.plugin_name, ignore_sigint=address is None)
+            self.client.register_plugin(plugin, name=self.plugin_name)
         except BaseException:
             self.close()
             raise
