@@ -90,14 +90,16 @@ def compare_dynamic_static(front: pd.DataFrame, dynamic: Mapping[str, float], de
     }
 
 
-def comparison_markdown(result: Mapping[str, Any], *, title: str, notes: str = "") -> str:
-    """The comparison as one markdown table plus the verdict."""
+def comparison_markdown(
+    result: Mapping[str, Any], *, title: str, source: str = "the layer search's front", notes: str = ""
+) -> str:
+    """The comparison as one markdown table plus the verdict (``source`` names where the static subsets come from)."""
     dyn = result["dynamic"]
     b = float(dyn["executed_blocks"])
     lines = [
         f"# {title}",
         "",
-        "Static subsets: the layer search's front, each size's subset picked on `val`; every top-1 below is on `test`.",
+        f"Static subsets: {source}, each size's subset picked on `val`; every top-1 below is on `test`.",
         "",
         "| model | blocks run per image | kept subset | top-1 val | top-1 test |",
         "|---|---:|---|---:|---:|",

@@ -54,7 +54,8 @@ def test_layers_script_writes_front_models_and_comparison(tmp_path: Path, runs: 
     assert {"kept", "top1_test", "top1_ft", "top1_test_ft", "model"} <= set(front.columns)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["comparison"]["dynamic"]["executed_blocks"] >= 1  # block 0 always runs
-    assert "dynamic minus static" in (out / "comparison.md").read_text()
+    text = (out / "comparison.md").read_text()
+    assert "dynamic minus static" in text and "the exact front (all 15 subsets scored on val)" in text
     # every front subset is a loadable pruned model, here fine-tuned (2 steps), with its kept blocks in the config
     row = front.iloc[0]
     model = load_backbone(out / row["model"])
