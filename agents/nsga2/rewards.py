@@ -361,20 +361,23 @@ class _SearchState:
         return front
 
     def write(self, front: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Save the front members' models (dropping those that left it), the front and the evaluations."""
+        """Save the front members' models, the front and the evaluations, then drop the models of former members.
+
+        In this order, an interrupted write leaves a front whose every model file exists.
+        """
         front = self.front() if front is None else front
         if front.empty:
             return front
-        keep = set(front["model"])
-        for path in (self.out / MODELS_DIR).glob("rewards-*.safetensors"):
-            if f"{MODELS_DIR}/{path.name}" not in keep:
-                path.unlink(missing_ok=True)
-                path.with_suffix(".json").unlink(missing_ok=True)
         for row in front.itertuples(index=False):
             if not (self.out / row.model).is_file():
                 self._save_model(row)
         write_front(self.evaluations(), self.out, name="evaluations")
         write_front(front, self.out)
+        keep = set(front["model"])
+        for path in (self.out / MODELS_DIR).glob("rewards-*.safetensors"):
+            if f"{MODELS_DIR}/{path.name}" not in keep:
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
         return front
 
     def backbone(self) -> Any:
