@@ -91,9 +91,24 @@ def compare_dynamic_static(front: pd.DataFrame, dynamic: Mapping[str, float], de
 
 
 def comparison_markdown(
-    result: Mapping[str, Any], *, title: str, source: str = "the layer search's front", notes: str = ""
+    result: Mapping[str, Any],
+    *,
+    title: str,
+    source: str = "the layer search's front",
+    finetuned: Mapping[str, Any] | None = None,
+    finetune_note: str = "fine-tuned static subsets",
+    notes: str = "",
 ) -> str:
-    """The comparison as one markdown table plus the verdict (``source`` names where the static subsets come from)."""
+    """The comparison as one markdown table plus the verdict.
+
+    Args:
+        result: From :func:`compare_dynamic_static` (static subsets with the policy's own backbone weights).
+        title: Heading.
+        source: Where the static subsets come from (a phrase).
+        finetuned: Optionally the same comparison against fine-tuned static subsets (extra training).
+        finetune_note: What ``finetuned`` is (a phrase, e.g. "static subsets fine-tuned for 300 steps").
+        notes: A closing paragraph.
+    """
     dyn = result["dynamic"]
     b = float(dyn["executed_blocks"])
     lines = [
@@ -110,40 +125,44 @@ def comparison_markdown(
         )
     val = f"{dyn['top1']:.2f}" if "top1" in dyn else ""
     lines.append(f"| **dynamic policy** | **{b:.2f}** (mean) | per image | {val} | **{dyn['top1_test']:.2f}** |")
+    lines += ["", f"At equal mean executed blocks ({b:.2f}):", ""]
+    lines += ["| reference | static top-1 test | dynamic minus static (points) |", "|---|---:|---:|"]
+    lines += _reference_rows(result, b, "best static")
+    if finetuned is not None:
+        lines += _reference_rows(finetuned, b, f"best of the {finetune_note}")
+    lines += ["", _verdict(result, b, "the best static subset of equal size")]
+    if finetuned is not None:
+        lines += ["", _verdict(finetuned, b, f"the best of the {finetune_note} of equal size")]
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
+
+
+def _reference_rows(result: Mapping[str, Any], b: float, label: str) -> list[str]:
     between = result["interpolated_between"]
     interp = (
         f"{result['interpolated_top1_test']:.2f} (between `{between[0]}` and `{between[1]}`)"
         if between is not None
         else "n/a (no static subset on both sides)"
     )
-    match = result["static_blocks_to_match"]
-    lines += [
-        "",
-        f"At equal mean executed blocks ({b:.2f}):",
-        "",
-        "| reference | static top-1 test | dynamic minus static (points) |",
-        "|---|---:|---:|",
-        f"| best static at round({b:.2f}) = {result['rounded_k']} blocks (`{result['rounded_kept']}`) | "
+    return [
+        f"| {label} at round({b:.2f}) = {result['rounded_k']} blocks (`{result['rounded_kept']}`) | "
         f"{result['rounded_top1_test']:.2f} | {result['gain_rounded']:+.2f} |",
-        f"| best static interpolated at {b:.2f} blocks | {interp} | {result['gain_interpolated']:+.2f} |",
-        "",
-        _verdict(result, b, match),
+        f"| {label} interpolated at {b:.2f} blocks | {interp} | {result['gain_interpolated']:+.2f} |",
     ]
-    if notes:
-        lines += ["", notes]
-    return "\n".join(lines) + "\n"
 
 
-def _verdict(result: Mapping[str, Any], b: float, match: int | None) -> str:
+def _verdict(result: Mapping[str, Any], b: float, reference: str) -> str:
     gain = result["gain_interpolated"]
     if gain != gain:  # NaN: no interpolation possible
         gain = result["gain_rounded"]
     if gain > 0:
-        head = f"The per-image policy beats the best static subset of equal size by {gain:.2f} points"
+        head = f"The per-image policy beats {reference} by {gain:.2f} points"
     else:
-        head = f"The per-image policy does not beat the best static subset of equal size ({gain:+.2f} points)"
+        head = f"The per-image policy does not beat {reference} ({gain:+.2f} points)"
+    match = result["static_blocks_to_match"]
     if match is None:
-        tail = "no static subset on the front reaches its test top-1."
+        tail = "no static subset there reaches its test top-1."
     else:
         tail = f"a static subset needs {match} blocks to reach its test top-1 (the policy runs {b:.2f} on average)."
     return f"{head}; {tail}"

@@ -55,7 +55,8 @@ def layers_markdown(s: Mapping[str, Any], *, env: str, seed: int, tolerance: flo
             "",
             f"Dynamic policy vs the static front at equal blocks (comparison.md): the policy runs "
             f"{d['dynamic']['executed_blocks']:.2f} blocks at {d['dynamic']['top1_test']:.2f} test top-1, "
-            f"{d['gain_interpolated']:+.2f} points against the interpolated best static subset.",
+            f"{d['gain_interpolated']:+.2f} points against the interpolated best static subset"
+            + (f", {d['finetuned']['gain_interpolated']:+.2f} against the fine-tuned ones." if "finetuned" in d else "."),
         ]
     return "\n".join(lines) + "\n"
 

@@ -56,6 +56,7 @@ def test_layers_script_writes_front_models_and_comparison(tmp_path: Path, runs: 
     assert summary["comparison"]["dynamic"]["executed_blocks"] >= 1  # block 0 always runs
     text = (out / "comparison.md").read_text()
     assert "dynamic minus static" in text and "the exact front (all 15 subsets scored on val)" in text
+    assert "fine-tuned for 2 steps" in text  # the fine-tuned static subsets are compared beside, not instead
     # every front subset is a loadable pruned model, here fine-tuned (2 steps), with its kept blocks in the config
     row = front.iloc[0]
     model = load_backbone(out / row["model"])

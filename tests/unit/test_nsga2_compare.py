@@ -29,6 +29,10 @@ def test_equal_blocks_rounded_and_interpolated() -> None:
     assert r["static_blocks_to_match"] == 3
     text = comparison_markdown(r, title="t")
     assert "beats the best static subset of equal size by 4.00 points" in text and "needs 3 blocks" in text
+    tuned = FRONT.assign(top1_test=FRONT["top1_test"] + 5)
+    ft = compare_dynamic_static(tuned, {"executed_blocks": 2.25, "top1_test": 85.0}, 4)
+    text = comparison_markdown(r, title="t", finetuned=ft, finetune_note="subsets fine-tuned for 9 steps")
+    assert "does not beat the best of the subsets fine-tuned for 9 steps of equal size (-1.00 points)" in text
 
 
 def test_a_policy_below_the_static_front_is_reported_as_such() -> None:
