@@ -340,9 +340,9 @@ def finetune(
 ) -> SkippableViT:
     """A short AdamW fine-tune of ``model`` (e.g. a pruned subset) on ``train``, in place; returned in eval mode.
 
-    Crop + flip augmentation (:func:`vitskip_env.augment.random_crop_flip`), cosine decay from ``lr``
-    to 0, gradient clipping at 1, as ``train/backbone.py`` trains (without block dropping: the
-    subset is static).
+    Random batches with crop + flip augmentation (:func:`vitskip_env.augment.random_crop_flip`),
+    label smoothing, cosine decay from ``lr`` to 0 and gradient clipping at 1, like ``train/backbone.py``
+    but without its warm-up, curriculum and block dropping (the subset is static).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
