@@ -160,18 +160,23 @@ class DynamicViT(nn.Module):
         tokens = vit.embed(images)
         executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
         inplace = not torch.is_grad_enabled()
-        single = tokens.shape[0] == 1 and tokens.device.type == "cpu"
+        # On CPU the mask is written through a NumPy view (an element write, not a torch kernel per block).
+        host = executed.numpy() if executed.device.type == "cpu" else None
+        single = host is not None and tokens.shape[0] == 1
         for i in range(vit.depth):
             if i in self.policy.always_execute:  # the env overrides any decision here: no policy, no sync
                 executed[:, i] = True
                 tokens = vit.run_block(i, tokens)
                 continue
             execute = self.decide(i, tokens, executed)
-            executed[:, i] = execute
-            if single:  # one image: run the block or not, no gather (the same arithmetic)
-                if execute.item():
-                    tokens = vit.run_block(i, tokens)
-                continue
+            if host is None:
+                executed[:, i] = execute
+            else:
+                host[:, i] = execute.numpy()
+                if single:  # one image: run the block or not, no gather (the same arithmetic)
+                    if host[0, i]:
+                        tokens = vit.run_block(i, tokens)
+                    continue
             tokens = run_executing_rows(vit, i, tokens, execute, inplace=inplace)
         logits = vit.head(tokens)
         return (logits, executed) if return_mask else logits
