@@ -11,6 +11,7 @@ from __future__ import annotations
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, read_front, str_to_mask, write_front
 from .joint import JointSubsetProblem, SubsetDynamicViT, evaluate_joint, reward_weights, search_joint
 from .layers import LayerSubsetProblem, binary_nsga2, evaluate_subsets, finetune, search_layers
+from .rewards import search_rewards
 
 __all__ = [
     "FRONT_COLUMNS",
@@ -27,10 +28,7 @@ __all__ = [
     "reward_weights",
     "search_joint",
     "search_layers",
+    "search_rewards",
     "str_to_mask",
     "write_front",
 ]
-
-from .rewards import search_rewards
-
-__all__ += ["search_rewards"]
