@@ -33,8 +33,10 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_benchmark_writes_every_table_and_plot(tmp_path: Path, model_file: Path) -> None:
     out = tmp_path / "bench"
     cmd = [sys.executable, "train/benchmark.py", "--model", str(model_file), "--batch-sizes", "1", "32", "--rounds", "1",
-           "--images-per-round", "64", "--top1-images", "256", "--val-images", "256", "--threads", "1", "--no-memory", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+           "--images-per-round", "64", "--top1-images", "256", "--val-images", "256", "--threads", "1", "--no-memory",
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MALLOC_MMAP_THRESHOLD_" in proc.stdout  # restarted with the malloc settings, and says so
     for name in ("benchmark.csv", "benchmark.parquet", "benchmark.md", "benchmark.png", "benchmark.svg"):
