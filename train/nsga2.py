@@ -93,7 +93,7 @@ class Args:
     runs_dir: str = "runs"
     """where output folders and training runs are"""
     threads: int | None = None
-    """CPU threads (default: all)"""
+    """CPU threads (default: all; rewards: torch threads per Dask worker, default 1)"""
 
 
 def main(args: Args) -> Path:
@@ -367,7 +367,9 @@ def rewards(args: Args, out: Path, pop_size: int, n_gen: int, progress: Progress
     front = search_rewards(
         args.env, out_dir=out, pop_size=pop_size, n_gen=n_gen, seed=args.seed, device=args.device,
         budget_steps=args.budget_steps, algo=args.algo, val_images=args.val_images or 2000,
-        dask_scheduler=args.dask_scheduler, n_workers=args.n_workers, callback=lambda g, f: progress(g, None, f),
+        dask_scheduler=args.dask_scheduler, n_workers=args.n_workers, threads_per_worker=args.threads or 1,
+        env_kwargs=None if args.data_root is None else {"data_root": args.data_root},
+        callback=lambda g, f: progress(g, None, f),
     )  # fmt: skip
     test = front.assign(top1=front["top1_test"], executed_frac=front["executed_frac_test"])
     save_plot({"reward weightings (val)": front, "reward weightings (test)": test}, None, out / "front.png", x="executed_frac")
