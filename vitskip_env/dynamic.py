@@ -145,7 +145,11 @@ class DynamicViT(nn.Module):
         return self._apply_rules(block, self._exact(block, tokens, executed), executed)
 
     def refold(self) -> DynamicViT:
-        """Re-fold the decision after changing the policy's weights in place (see :mod:`vitskip_env.fused`); returns self."""
+        """Re-fold the decision from the policy's current weights; returns self.
+
+        :meth:`forward` does it by itself when the weights changed in place; call it before using
+        :meth:`decide` directly after changing them.
+        """
         self.fused = FusedDecision.build(self.policy)
         return self
 
@@ -157,6 +161,8 @@ class DynamicViT(nn.Module):
             return_mask: Also return the ``bool (B, depth)`` executed mask.
         """
         vit = self.backbone
+        if self.fused is not None and self.fused.is_stale(self.policy):
+            self.refold()  # the policy's weights were changed in place since the fold
         tokens = vit.embed(images)
         executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
         inplace = not torch.is_grad_enabled()

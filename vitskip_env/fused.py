@@ -75,6 +75,7 @@ class FusedDecision(nn.Module):
         self.register_buffer("b_margin", b_margin, persistent=False)
         self.hidden = hidden  # the policy's own modules (not registered twice)
         self._np: dict[str, np.ndarray | float] | None = None  # NumPy copies of the buffers, made on first use
+        self._versions = _versions(policy)
         scale = float(w_margin.abs().sum() + b_margin.abs())
         #: Margins within this distance of zero are re-decided exactly (~1e4 x the folding's rounding error).
         self.tol = 1e-4 * (1.0 + scale)
@@ -92,6 +93,10 @@ class FusedDecision(nn.Module):
             else:
                 return None
         return steps
+
+    def is_stale(self, policy: SkipPolicy) -> bool:
+        """Whether ``policy``'s weights changed in place since the fold (an optimiser step, ``load_state_dict``...)."""
+        return _versions(policy) != self._versions
 
     @property
     def has_host_path(self) -> bool:
@@ -184,3 +189,8 @@ class FusedDecision(nn.Module):
         for layer in self.hidden:
             h = layer.forward(h)
         return torch.addmv(self.b_margin, h, self.w_margin)
+
+
+def _versions(policy: SkipPolicy) -> tuple[int, ...]:
+    """In-place modification counters of the policy's tensors (torch bumps them on every in-place write)."""
+    return tuple(t._version for t in (*policy.parameters(), *policy.buffers()))

@@ -9,7 +9,7 @@ interleaved call by call, medians; also the speedup over the static backbone and
 (speedup / ideal speedup ``depth / blocks per image``). ``VITSKIP_BENCH_COMPILE=1`` adds the
 ``DynamicViT.compiled()`` path (about a minute of compilation); ``VITSKIP_BENCH_PRESET`` picks the
 backbone (default ``demo``). Run it alone on an idle machine
-(see ARCHITECTURE.md).
+(see ARCHITECTURE.md). Writes ``benchmarks/results/dynamic_decision.md``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy
+from vitskip_env._io import atomic_write_text
 from vitskip_env.netspec import Columns
 from vitskip_env.observations import encoder_for
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def default_policy(vit: SkippableViT) -> SkipPolicy:
@@ -114,18 +118,30 @@ def test_decision_overhead_per_block() -> None:
     dyn = DynamicViT(vit, default_policy(vit)).eval()
     x = torch.randn(256, 3, 32, 32)
     one = calibrate(dyn, x)
-    configs = [("eager", dyn)]
+    exact = copy.deepcopy(dyn)
+    exact.fused = None  # the policy network layer by layer, as the env computes it
+    configs = [("exact", exact), ("folded", dyn)]
     if os.environ.get("VITSKIP_BENCH_COMPILE") == "1":
         configs.append(("compiled", copy.deepcopy(dyn).compiled()))
     rows = [(name, measure(model, images, 200 if len(images) == 1 else 15)) for name, model in configs for images in (one, x)]
     shape = f"{vit.depth} blocks, D={vit.embed_dim}, {vit.num_tokens} tokens"
-    print(f"\nDynamicViT decision cost, {preset} preset ({shape}), CPU, {threads} thread(s), random weights")
-    print("| mode | batch | decide + nonzero / block (us) | block, all rows (us) | end-to-end overhead / block (us) |", end="")
-    print(" blocks / image | speedup vs static | efficiency |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [
+        f"# DynamicViT decision cost, {preset} preset ({shape}), CPU, {threads} thread(s), random weights",
+        "",
+        "`uv run pytest -m benchmark tests/benchmarks/bench_dynamic.py -s`; medians. *exact*: the policy network "
+        "layer by layer (what the env computes); *folded*: `vitskip_env.fused` (NumPy on the host up to 16 images), "
+        "the default on CPU, with the same decisions.",
+        "",
+        "| mode | batch | decide + nonzero / block (us) | block, all rows (us) | end-to-end overhead / block (us) "
+        "| blocks / image | speedup vs static | efficiency |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows:
-        print(
+        lines.append(
             f"| {name} | {r['batch']} | {r['decision_us']:.1f} | {r['block_us']:.1f} | {r['overhead_us']:.1f} | "
             f"{r['blocks']:.2f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |"
         )
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    atomic_write_text(RESULTS / "dynamic_decision.md", text)
     assert all(r["decision_us"] > 0 for _, r in rows)

@@ -112,3 +112,13 @@ def test_unsupported_policies_keep_the_exact_path(micro: tuple) -> None:
     assert FusedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), dict_enc)) is None
     plain = FusedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(enc.obs_dim, 8), nn.Tanh(), nn.Linear(8, 2)), enc))
     assert plain is not None and plain.has_host_path
+
+
+def test_changing_the_policy_in_place_refolds_before_the_next_forward(micro: tuple) -> None:
+    vit, x = micro
+    dyn = DynamicViT(vit, agent_like_policy(vit, seed=5)).eval()
+    with torch.inference_mode():
+        before = dyn(x, return_mask=True)[1]
+        dyn.policy.net[-1].bias[1] += 100.0  # execute everything from now on
+        after = dyn(x, return_mask=True)[1]
+    assert not before.all() and after.all()
