@@ -43,8 +43,10 @@ class Args:
     """dataset name (shapes, digits, cifar10, cifar100, tinyimagenet)"""
     preset: str = "demo"
     """model preset (micro, demo, tiny, small, base) or any timm ViT/DeiT name"""
+    stem: str | None = None
+    """patch embedding: 'patch' (timm's linear projection) or 'conv' (conv stem); default: the preset's"""
     init: str | None = None
-    """start from this backbone file (fine-tune) instead of random weights"""
+    """start from this backbone file (fine-tune) instead of random weights; with --stem, only its patch embedding is new"""
     pretrained_file: str | None = None
     """local timm checkpoint to start from (head re-initialised for the dataset)"""
     data_root: str | None = None
@@ -101,8 +103,28 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 
 def build_model(args: Args, num_classes: int, device: torch.device) -> SkippableViT:
     if args.init:
-        return load_backbone(args.init, num_classes=num_classes, device=device).train()
-    return SkippableViT(args.preset, num_classes=num_classes, pretrained_file=args.pretrained_file).to(device)
+        model = load_backbone(args.init, num_classes=num_classes, device=device)
+        if args.stem is not None and args.stem != model.model_kwargs.get("stem", "patch"):
+            model = restem(model, args.stem)
+        return model.to(device).train()
+    overrides = {} if args.stem is None else {"stem": args.stem}
+    return SkippableViT(args.preset, num_classes=num_classes, pretrained_file=args.pretrained_file, **overrides).to(device)
+
+
+def restem(model: SkippableViT, stem: str) -> SkippableViT:
+    """``model``'s blocks, position embedding and head under a new, freshly initialised patch embedding.
+
+    Fine-tuning that is far quicker than training the new architecture from scratch: the trained
+    blocks give the new stem a useful gradient from the first step.
+    """
+    if model.model_name is None:
+        raise ValueError("--stem with --init needs a backbone built from a timm model name (its file records one)")
+    new = SkippableViT(model.model_name, **{**model.model_kwargs, "stem": stem})
+    state = {k: v for k, v in model.vit.state_dict().items() if not k.startswith("patch_embed.")}
+    missing, unexpected = new.vit.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("patch_embed.") for k in missing):
+        raise ValueError(f"cannot move the weights to the {stem!r} stem: missing {missing}, unexpected {unexpected}")
+    return new
 
 
 def main(args: Args) -> Path:

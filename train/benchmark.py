@@ -3,6 +3,7 @@
     python train/benchmark.py                                   # newest run under runs/ (offline default: shapes)
     python train/benchmark.py --run runs/<run> --batch-sizes 1 64 256
     python train/benchmark.py --model dyn.safetensors --dataset cifar100 --device cuda --dtype bf16
+    python train/benchmark.py --arch vit_tiny_patch16_224 --img-size 224   # speed only, random weights
 
 Contenders (``vitskip_env.benchmarking``): ``static`` (all blocks), ``dynamic`` (the DynamicViT, its
 policy's cost included), ``random`` (each image executes as many blocks as the policy gave it, at
@@ -11,6 +12,11 @@ exhaustively on the ``val`` split by ``agents.nsga2.evaluate_subsets``, or given
 Top-1 on the whole test split; speed on real test images at each batch size, interleaved call by
 call in this one process (medians); peak working memory in a fresh process per configuration.
 Writes ``benchmark.csv`` / ``.parquet`` / ``.png`` / ``.svg`` / ``.md`` into ``--out``.
+
+``--arch`` measures speed only, on any timm ViT geometry: a random-weight backbone with a
+random-weight policy of the agents' default network, calibrated to execute ``--execute-fraction``
+of the blocks (``vitskip_env.synthetic``), on the test images resized to ``--img-size``. No
+top-1, no static subset, no memory probe.
 """
 
 from __future__ import annotations
@@ -73,6 +79,12 @@ class Args:
     """seed of the random-skip masks"""
     out: str | None = None
     """output folder (default: RUN/benchmark, or runs/benchmark__<time> with --model)"""
+    arch: str | None = None
+    """speed only: a random-weight DynamicViT of this preset / timm ViT (e.g. vit_tiny_patch16_224) instead of a run"""
+    img_size: int | None = None
+    """--arch: input size (default: the architecture's; test images are resized to it)"""
+    execute_fraction: float = 0.33
+    """--arch: mean fraction of blocks the calibrated random policy executes"""
     malloc_tuning: bool = True
     """restart with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set (unless already set)"""
 
@@ -148,6 +160,8 @@ def main(args: Args) -> Path:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         raise ValueError(f"--dtype must be fp32 or bf16, got {args.dtype!r}")
+    if args.arch:
+        return main_synthetic(args, device, dtype)
     if args.model:
         model_file, run_dir = Path(args.model), None
     else:
@@ -196,6 +210,53 @@ def main(args: Args) -> Path:
     return out
 
 
+def main_synthetic(args: Args, device: torch.device, dtype: torch.dtype) -> Path:
+    """``--arch``: speed of a random-weight DynamicViT of that geometry (see the module docstring)."""
+    import torch.nn.functional as F
+
+    from analysis.plots import plot_throughput, save_figure
+    from vitskip_env import SkippableViT, make_dataset
+    from vitskip_env.benchmarking import measure_speed
+    from vitskip_env.data import ImageDataset
+    from vitskip_env.synthetic import synthetic_dynamic_vit
+
+    source = make_dataset(args.dataset or "shapes", "test", args.data_root, False, device)
+    n = min(len(source), max(256, max(args.batch_sizes)))
+    images = source.images[:n]
+    overrides = {} if args.img_size is None else {"img_size": args.img_size}
+    size = SkippableViT(args.arch, **overrides).img_size
+    if size != images.shape[-1]:
+        images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+        images = images.to(torch.uint8)
+    ds = ImageDataset(source.name, "test", images, source.labels[:n], source.classes, source.mean, source.std)
+    dyn = synthetic_dynamic_vit(args.arch, ds.normalize(ds.images[:32]), execute_fraction=args.execute_fraction,
+                                seed=args.seed, **overrides)  # fmt: skip
+    dyn.backbone.to(dtype)
+    out = Path(args.out) if args.out else Path("runs") / f"benchmark__{args.arch}__{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"speed of a random-weight DynamicViT ({args.arch}, {size}x{size}, {dyn.depth} blocks, target execute fraction "
+          f"{args.execute_fraction}) on {n} resized {source.name} test images, {device} {args.dtype}, "
+          f"{torch.get_num_threads()} threads -> {out}")  # fmt: skip
+    rows = []
+    for bs in args.batch_sizes:
+        for row in measure_speed(dyn, ds, bs, images_per_round=args.images_per_round, rounds=args.rounds,
+                                 warmup=args.warmup, seed=args.seed, dtype=dtype):  # fmt: skip
+            rows.append(row)
+            print(f"  batch {bs:5d} {row['model']:8s} {row['images_per_s']:10.1f} img/s  x{row['speedup']:.2f}  "
+                  f"blocks {row['executed_blocks']:.2f}  efficiency {row['efficiency']:.2f} "
+                  f"(bound {row['bound_efficiency']:.2f})")  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "device", str(device.type))
+    frame.insert(1, "dtype", args.dtype)
+    frame.insert(2, "threads", torch.get_num_threads())
+    frame["subset"] = None
+    frame["arch"] = args.arch
+    model = f"random-weight {args.arch} at {size}x{size} + random-weight default policy (speed only)"
+    write_outputs(frame, out, describe(args, Path(model), f"resized {source.name}", n, {}))
+    save_figure(plot_throughput(frame), out / "benchmark")
+    print((out / "benchmark.md").read_text(encoding="utf-8"))
+    return out
+
+
 def describe(args: Args, model_file: Path, dataset: str, n_test: int, acc: dict) -> dict:
     """The facts the markdown table needs besides the rows."""
     return {
@@ -223,9 +284,9 @@ def markdown(frame: pd.DataFrame, facts: dict) -> str:
         "",
         f"Model `{facts['model']}`; top-1 on the {facts['n_test']:,}-image test split. Regenerate with `{facts['command']}`.",
         "",
-        "| contender | top-1 (%) | executed blocks |",
-        "|---|---:|---:|",
     ]
+    if acc:
+        lines += ["| contender | top-1 (%) | executed blocks |", "|---|---:|---:|"]
     for name, a in acc.items():
         label = name + (f" `{first['subset']}`" if name == "static_subset" and first["subset"] else "")
         lines.append(f"| {label} | {a['top1']:.2f} | {a['executed_blocks']:.2f} |")

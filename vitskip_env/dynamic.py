@@ -161,31 +161,110 @@ class DynamicViT(nn.Module):
             return_mask: Also return the ``bool (B, depth)`` executed mask.
         """
         vit = self.backbone
-        if self.fused is not None and self.fused.is_stale(self.policy):
-            self.refold()  # the policy's weights were changed in place since the fold
+        fused = self.fused
+        if fused is not None and fused.is_stale(self.policy):
+            fused = self.refold().fused  # the policy's weights were changed in place since the fold
         tokens = vit.embed(images)
         executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
-        inplace = not torch.is_grad_enabled()
-        # On CPU the mask is written through a NumPy view (an element write, not a torch kernel per block).
-        host = executed.numpy() if executed.device.type == "cpu" else None
-        single = host is not None and tokens.shape[0] == 1
+        if fused is None or tokens.device.type != "cpu" or self._compiled_decide is not None:
+            tokens = self._run_exact(tokens, executed)
+        elif tokens.shape[0] <= HOST_BATCH and fused.has_host_path:
+            tokens = self._run_host(fused, tokens, executed)
+        else:
+            tokens = self._run_folded(fused, tokens, executed)
+        logits = vit.head(tokens)
+        return (logits, executed) if return_mask else logits
+
+    def _run_exact(self, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """The blocks with :meth:`decide` per block: no host synchronisation but the gather's ``nonzero``."""
+        vit, inplace = self.backbone, not torch.is_grad_enabled()
         for i in range(vit.depth):
             if i in self.policy.always_execute:  # the env overrides any decision here: no policy, no sync
                 executed[:, i] = True
                 tokens = vit.run_block(i, tokens)
                 continue
             execute = self.decide(i, tokens, executed)
-            if host is None:
-                executed[:, i] = execute
-            else:
-                host[:, i] = execute.numpy()
-                if single:  # one image: run the block or not, no gather (the same arithmetic)
-                    if host[0, i]:
-                        tokens = vit.run_block(i, tokens)
-                    continue
+            executed[:, i] = execute
             tokens = run_executing_rows(vit, i, tokens, execute, inplace=inplace)
-        logits = vit.head(tokens)
-        return (logits, executed) if return_mask else logits
+        return tokens
+
+    def _run_folded(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """CPU, torch kernels: the folded decision, its token features recomputed only for rows a block changed."""
+        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        count = torch.zeros(tokens.shape[0])
+        features: torch.Tensor | None = None  # None: recompute for every row
+        changed: torch.Tensor | None = None  # rows the last block ran on
+        for i in range(vit.depth):
+            if i in policy.always_execute:
+                executed[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                count += 1
+                features = None
+                continue
+            with torch.no_grad():
+                if features is None:
+                    features = fused.features(fused.pool(tokens))
+                elif changed is not None and changed.numel():
+                    features.index_copy_(0, changed, fused.features(fused.pool(tokens).index_select(0, changed)))
+                margin = fused.margin_from(features, i, count)
+                execute = margin > 0
+                unsure = margin.abs() <= fused.tol
+                if unsure.any():
+                    rows = unsure.nonzero().squeeze(1)
+                    execute[rows] = self._exact(i, tokens[rows], executed[rows])
+                execute = self._apply_rules(i, execute, executed)
+            executed[:, i] = execute
+            changed = execute.nonzero().squeeze(1)
+            tokens = vit.run_block(i, tokens, changed, inplace=inplace)
+            count += execute
+            if changed.numel() == tokens.shape[0]:
+                features = None
+        return tokens
+
+    def _run_host(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """CPU, a few images: the folded decision in NumPy, the mask written through a NumPy view.
+
+        A row's token features are kept while it skips; a batch of one image runs or skips each
+        block without a gather (the same arithmetic).
+        """
+        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        n, depth = executed.shape
+        host = executed.numpy()
+        count = np.zeros(n, dtype=np.int64)
+        features: np.ndarray | None = None
+        changed = np.arange(n)
+        for i in range(depth):
+            if i in policy.always_execute:
+                host[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                count += 1
+                features = None
+                continue
+            with torch.no_grad():
+                if features is None or changed.size == n:
+                    features = fused.features_host(tokens)
+                elif changed.size:
+                    features[changed] = fused.features_host(tokens[torch.from_numpy(changed)])
+                margin = fused.margin_from_host(features, i, count)
+                execute = margin > 0
+                if n == 1:  # Python floats: cheaper than two array ops for one image
+                    if -fused.tol <= float(margin[0]) <= fused.tol:
+                        execute[0] = bool(self._exact(i, tokens, executed))
+                else:
+                    unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
+                    if unsure.size:
+                        rows = torch.from_numpy(unsure)
+                        execute[unsure] = self._exact(i, tokens[rows], executed[rows]).numpy()
+                if policy.min_blocks:  # skip_allowed, in NumPy: the blocks left must still reach min_blocks
+                    execute |= count + (depth - i - 1) < policy.min_blocks
+            host[:, i] = execute
+            changed = np.flatnonzero(execute)
+            if changed.size == n:
+                tokens = vit.run_block(i, tokens)
+            elif changed.size:
+                tokens = vit.run_block(i, tokens, torch.from_numpy(changed), inplace=inplace)
+            count += execute
+        return tokens
 
     def compiled(self, **compile_kwargs: Any) -> DynamicViT:
         """Compile every block and the decision (observation + policy + rule) with ``torch.compile``; returns self.

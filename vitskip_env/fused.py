@@ -9,7 +9,9 @@ half a block of the ``demo`` backbone. Most of it is constant per block, so it i
 - the block one-hot and its embedding only ever take ``depth + 1`` values: their contribution
   through the first ``Linear`` (with its bias) is a per-block constant row ``c[i]``;
 - the pooled token and the executed fraction enter that ``Linear`` linearly:
-  ``h = addr(addmm(c[i], standardize(pooled), W_token), count, w_count / depth)``;
+  ``h = addr(standardize(pooled) @ W_token + c[i], count, w_count / depth)``; the first term depends
+  on the tokens only, so it is computed once per row and kept while the row skips blocks
+  (:meth:`FusedDecision.features`);
 - the hidden layers run as they are;
 - with two actions every deterministic rule executes iff ``logit_1 > logit_0``, so the last
   ``Linear`` is folded into one vector: ``margin = h @ (w_1 - w_0) + (b_1 - b_0)``.
@@ -109,14 +111,21 @@ class FusedDecision(nn.Module):
         Args:
             tokens: ``(N, T, D)`` CPU token state.
             block: Block index.
-            count: ``(N,)`` blocks executed so far.
+            count: ``int (N,)`` blocks executed so far.
         """
+        return self.margin_from_host(self.features_host(tokens), block, count)
+
+    def features_host(self, tokens: torch.Tensor) -> np.ndarray:
+        """:meth:`features` in NumPy: ``float32 (N, H)`` token part of the first layer, for CPU tokens."""
         if self._host is None:
             raise RuntimeError("this policy has a hidden layer without a NumPy form; use forward()")
         if self._np is None:
-            self._np = {k: getattr(self, k).detach().cpu().numpy() for k in ("const", "w_token", "w_count", "w_margin")}
+            self._np = {k: getattr(self, k).detach().cpu().numpy() for k in ("const", "w_token", "w_margin")}
             self._np["b_margin"] = float(self.b_margin)
-        w = self._np
+            # const[block] + count * w_count for every (block, count): one lookup per decision
+            counts = torch.arange(self.depth + 1, dtype=torch.float32, device=self.const.device)
+            table = self.const[:, None, :] + counts[None, :, None] * self.w_count
+            self._np["table"] = table.detach().cpu().numpy()
         if self.cls_pool and tokens.dtype == torch.float32:
             x = tokens.numpy()[:, 0]
         else:
@@ -126,9 +135,16 @@ class FusedDecision(nn.Module):
         inv_d = 1.0 / x.shape[1]
         x = x - np.add.reduce(x, 1, keepdims=True) * inv_d
         scale = 1.0 / np.sqrt(np.add.reduce(x * x, 1, keepdims=True) * inv_d + 1e-5)
-        h = (x @ w["w_token"]) * scale
-        h += w["const"][block]
-        h += count.astype(np.float32)[:, None] * w["w_count"]
+        h = x @ self._np["w_token"]
+        h *= scale
+        return h
+
+    def margin_from_host(self, features: np.ndarray, block: int, count: np.ndarray) -> np.ndarray:
+        """:meth:`margin_from` in NumPy (``features`` from :meth:`features_host`, not modified; ``count`` integers)."""
+        w = self._np
+        if w is None or self._host is None:
+            raise RuntimeError("call features_host() first (and only for a policy with a NumPy form)")
+        h = features + w["table"][block][count]
         for step in self._host:
             if isinstance(step, tuple):
                 h = h @ step[0]
@@ -183,9 +199,23 @@ class FusedDecision(nn.Module):
             block: Block index.
             count: ``float32 (N,)`` blocks executed so far.
         """
-        pooled = tokens[:, 0] if self.cls_pool else tokens[:, self.num_prefix :].mean(1)
-        h = torch.addmm(self.const[block], standardize(pooled, self.bound), self.w_token)
-        h = torch.addr(h, count, self.w_count)
+        return self.margin_from(self.features(self.pool(tokens)), block, count)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` the pooled token the policy sees (a view for class-token pooling)."""
+        return tokens[:, 0] if self.cls_pool else tokens[:, self.num_prefix :].mean(1)
+
+    def features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``float32 (N, H)``: the token's part of the first layer (``standardize(pooled) @ W_token``).
+
+        It depends on the tokens only, so a row that skipped a block keeps its features: ``DynamicViT``
+        recomputes them only for the rows a block changed, and :meth:`margin_from` adds the rest.
+        """
+        return standardize(pooled, self.bound) @ self.w_token
+
+    def margin_from(self, features: torch.Tensor, block: int, count: torch.Tensor) -> torch.Tensor:
+        """``float32 (N,)`` margins from :meth:`features` (the block's constant and the count added here)."""
+        h = torch.addr(features + self.const[block], count, self.w_count)
         for layer in self.hidden:
             h = layer.forward(h)
         return torch.addmv(self.b_margin, h, self.w_margin)

@@ -17,7 +17,14 @@ from torch import nn
 
 
 class ConvStemPatchEmbed(PatchEmbed):
-    """``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 conv-norm-GELU stages plus a 1x1 conv."""
+    """``PatchEmbed`` whose projection is ``log2(patch)`` stride-2 conv-norm-GELU stages plus a 1x1 conv.
+
+    Stage ``s`` of ``S`` has ``embed_dim / 2**(S - 1 - s + narrow)`` channels (at least 16), ``narrow``
+    being the class attribute :attr:`narrow`.
+    """
+
+    #: Halve every stage's width this many times (0: the paper's widths).
+    narrow = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,14 +37,20 @@ class ConvStemPatchEmbed(PatchEmbed):
         layers: list[nn.Module] = []
         c_in = in_chans
         for s in range(stages):
-            c_out = max(16, embed_dim // 2 ** (stages - 1 - s))
+            c_out = max(16, embed_dim // 2 ** (stages - 1 - s + self.narrow))
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.GroupNorm(1, c_out), nn.GELU()]
             c_in = c_out
         layers.append(nn.Conv2d(c_in, embed_dim, 1))
         self.proj = nn.Sequential(*layers)
 
 
-STEMS: dict[str, type[PatchEmbed]] = {"conv": ConvStemPatchEmbed}
+class LiteConvStemPatchEmbed(ConvStemPatchEmbed):
+    """The conv stem at half width: about a quarter of its FLOPs (for the ``demo`` preset, ~0.3 of a block)."""
+
+    narrow = 1
+
+
+STEMS: dict[str, type[PatchEmbed]] = {"conv": ConvStemPatchEmbed, "conv_lite": LiteConvStemPatchEmbed}
 
 
 def resolve_stem(kwargs: dict[str, Any]) -> dict[str, Any]:

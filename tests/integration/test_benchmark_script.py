@@ -67,3 +67,16 @@ def test_bad_arguments_are_explained(tmp_path: Path, model_file: Path) -> None:
     missing = subprocess.run([sys.executable, "train/benchmark.py", "--run", str(tmp_path / "nope")], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
     assert missing.returncode != 0 and "dynamic_vit.safetensors" in missing.stderr
+
+
+def test_arch_mode_measures_a_random_weight_geometry(tmp_path: Path) -> None:
+    out = tmp_path / "arch"
+    cmd = [sys.executable, "train/benchmark.py", "--arch", "micro", "--img-size", "48", "--execute-fraction", "0.5",
+           "--batch-sizes", "1", "16", "--rounds", "1", "--images-per-round", "32", "--threads", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frame = pd.read_parquet(out / "benchmark.parquet")
+    assert set(frame["model"]) == {"static", "dynamic", "random"} and (frame["arch"] == "micro").all()
+    dyn = frame[frame["model"] == "dynamic"]
+    assert dyn["executed_blocks"].between(0.5, 3.5).all()  # calibrated near half of the 4 blocks
+    assert "48x48" in (out / "benchmark.md").read_text() and (out / "benchmark.png").is_file()

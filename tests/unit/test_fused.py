@@ -83,18 +83,25 @@ def test_decisions_equal_the_exact_path_even_at_ties(micro: tuple, batch: int) -
     assert torch.equal(fast, exact)
 
 
-def test_forward_with_and_without_folding_agree(micro: tuple) -> None:
+@pytest.mark.parametrize("rules", [{}, {"min_blocks": 3, "always_execute": (1,)}])
+def test_forward_with_and_without_folding_agree(micro: tuple, rules: dict) -> None:
+    """Torch (64 images) and NumPy (16, 5, 1) folded paths, with token features kept across skips."""
     vit, x = micro
-    dyn = DynamicViT(vit, agent_like_policy(vit, seed=5)).eval()
+    dyn = DynamicViT(vit, agent_like_policy(vit, seed=5, **rules)).eval()
     with torch.inference_mode():
         logits, mask = dyn(x, return_mask=True)
+        host16 = dyn(x[:16], return_mask=True)
+        host5 = torch.cat([dyn(x[j : j + 5], return_mask=True)[1] for j in range(0, 20, 5)])
         singles = torch.cat([dyn(x[j : j + 1], return_mask=True)[1] for j in range(16)])
         fused, dyn.fused = dyn.fused, None
         ref_logits, ref_mask = dyn(x, return_mask=True)
         dyn.fused = fused
-    assert 0 < mask.sum() < mask.numel()  # the policy really varies (else the test shows nothing)
+    assert 0 < mask[:, 2:].sum() < mask[:, 2:].numel()  # the policy really varies (else the test shows nothing)
     assert torch.equal(mask, ref_mask) and torch.equal(logits, ref_logits)
-    assert torch.equal(singles, ref_mask[:16])
+    assert torch.equal(host16[1], ref_mask[:16]) and torch.allclose(host16[0], ref_logits[:16], atol=1e-5)
+    assert torch.equal(host5, ref_mask[:20]) and torch.equal(singles, ref_mask[:16])
+    if rules:
+        assert mask[:, 1].all() and (mask.sum(1) >= 3).all()
 
 
 def test_unsupported_policies_keep_the_exact_path(micro: tuple) -> None:
