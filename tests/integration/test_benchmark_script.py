@@ -72,7 +72,8 @@ def test_bad_arguments_are_explained(tmp_path: Path, model_file: Path) -> None:
 def test_arch_mode_measures_a_random_weight_geometry(tmp_path: Path) -> None:
     out = tmp_path / "arch"
     cmd = [sys.executable, "train/benchmark.py", "--arch", "micro", "--img-size", "48", "--execute-fraction", "0.5",
-           "--batch-sizes", "1", "16", "--rounds", "1", "--images-per-round", "32", "--threads", "1", "--out", str(out)]  # fmt: skip
+           "--batch-sizes", "1", "16", "--rounds", "1", "--images-per-round", "32", "--threads", "1",
+           "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     frame = pd.read_parquet(out / "benchmark.parquet")
