@@ -282,7 +282,12 @@ def markdown(frame: pd.DataFrame, facts: dict) -> str:
     lines = [
         f"# DynamicViT benchmark: {facts['dataset']}, {first['device']} {first['dtype']}, {first['threads']} threads",
         "",
-        f"Model `{facts['model']}`; top-1 on the {facts['n_test']:,}-image test split. Regenerate with `{facts['command']}`.",
+        (
+            f"Model `{facts['model']}`; top-1 on the {facts['n_test']:,}-image test split."
+            if acc
+            else f"Model `{facts['model']}`, timed on {facts['n_test']:,} test images; random weights, so no top-1."
+        )
+        + f" Regenerate with `{facts['command']}`.",
         "",
     ]
     if acc:
@@ -316,7 +321,8 @@ def markdown(frame: pd.DataFrame, facts: dict) -> str:
         "unskippable patch embedding and head (their share of the static time: "
         + ", ".join(f"{f:.0%} at {b}" for b, f in fixed.items())
         + "); *efficiency* = speed-up / ideal, *bound eff.* = speed-up / bound. "
-        f"Memory: peak working memory of one forward in a fresh process per configuration. malloc: {malloc}.",
+        + ("Memory: peak working memory of one forward in a fresh process per configuration. " if has_mem else "")
+        + f"malloc: {malloc}.",
         "",
     ]
     return "\n".join(lines)

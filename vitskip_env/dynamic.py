@@ -14,7 +14,9 @@ the gather; that one is inherent to real skipping with eager kernels (the sub-ba
 data-dependent) and on a GPU costs one round trip per decided block. Blocks in
 ``always_execute`` skip the policy and the sync altogether. On CPU every op is synchronous anyway,
 so there the decision runs folded (:mod:`vitskip_env.fused`: ~8 kernels instead of ~20, exact
-decisions kept) and a batch of one image runs or skips each block without a gather.
+decisions kept; a row's token features are recomputed only after a block changed it, and up to
+:data:`HOST_BATCH` images decide in NumPy) and a batch of one image runs or skips each block
+without a gather.
 
 A saved ``DynamicViT`` is one safetensors file (``backbone.vit.*`` = the timm weights,
 ``policy.*`` = the policy network and observation statistics; its JSON config in the header and in
