@@ -32,6 +32,7 @@ from pymoo.optimize import minimize
 
 from vitskip_env.augment import random_crop_flip
 from vitskip_env.backbone import SkippableViT
+from vitskip_env.class_token import class_token_ready, run_block_class_token
 from vitskip_env.costs import CostModel, block_costs
 from vitskip_env.data import ImageDataset
 
@@ -112,6 +113,8 @@ def evaluate_subsets(
     correct = torch.zeros(len(unique), dtype=torch.long, device=device)
     was_training = backbone.training
     backbone.eval()
+    # A trie leaf's output only feeds the head: with class-token pooling, run it for the class token alone.
+    last_step = (lambda i, s: (run_block_class_token(backbone, i, s[0]),)) if class_token_ready(backbone) else None
     try:
         for start in range(0, n, batch_size):
             y = labels[start : start + batch_size]
@@ -120,7 +123,7 @@ def evaluate_subsets(
                 correct[mask_id] += (backbone.head(state[0]).argmax(1) == y).sum()
 
             tokens = embed(backbone, images[start : start + batch_size], dataset)
-            walk_trie(unique, (tokens,), lambda i, s: (backbone.run_block(i, s[0]),), finish)
+            walk_trie(unique, (tokens,), lambda i, s: (backbone.run_block(i, s[0]),), finish, last_step)
     finally:
         backbone.train(was_training)
     share = _costs(backbone, costs, device).cpu().double()

@@ -53,7 +53,7 @@ def block_runs(masks: np.ndarray) -> int:
     return sum(len({row[: i + 1].tobytes() for row in unique if row[i]}) for i in range(unique.shape[1]))
 
 
-def walk_trie(masks: np.ndarray, state: State, step: Step, finish: Finish) -> None:
+def walk_trie(masks: np.ndarray, state: State, step: Step, finish: Finish, last_step: Step | None = None) -> None:
     """Score every row of the distinct ``bool (U, depth)`` ``masks`` on one chunk, sharing common prefixes.
 
     Args:
@@ -61,6 +61,8 @@ def walk_trie(masks: np.ndarray, state: State, step: Step, finish: Finish) -> No
         state: The chunk's state after the embedding.
         step: Runs one block on the whole chunk.
         finish: Called once per mask, with the state after its last kept block.
+        last_step: Runs a block instead of ``step`` where no subset below keeps a later block (a
+            leaf of the trie: only ``finish`` reads its output, e.g. only the class token).
     """
 
     def visit(ids: np.ndarray, i: int, state: State) -> None:
@@ -75,6 +77,8 @@ def walk_trie(masks: np.ndarray, state: State, step: Step, finish: Finish) -> No
         keeps = masks[ids, j]
         if not keeps.all():
             visit(ids[~keeps], j + 1, state)
-        visit(ids[keeps], j + 1, step(j, state))
+        below = ids[keeps]
+        leaf = last_step is not None and not masks[below, j + 1 :].any()
+        visit(below, j + 1, (last_step if leaf else step)(j, state))  # type: ignore[misc]
 
     visit(np.arange(len(masks)), 0, state)
