@@ -138,3 +138,30 @@ def test_torchrun_two_processes_complete(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_backbone(out).meta["training"]["history"][0]["epoch"] == 1
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv_lite"])
+def test_init_with_a_new_stem_keeps_the_blocks_and_trains(tmp_path: Path, stem: str) -> None:
+    """--init FILE --stem S: the file's blocks, position embedding and head under a fresh stem, then fine-tuned."""
+    torch.manual_seed(0)
+    first = tmp_path / "conv.safetensors"
+    train_backbone.main(_args(first, epochs=1, stem="conv"))
+    source = load_backbone(first)
+    model = train_backbone.build_model(_args(tmp_path / "x.safetensors", init=str(first), stem=stem), 10, torch.device("cpu"))
+    assert model.model_kwargs["stem"] == stem and model.training
+    new, old = model.vit.state_dict(), source.vit.state_dict()
+    assert all(torch.equal(new[k], v) for k, v in old.items() if not k.startswith("patch_embed."))
+    shapes = [{k: tuple(v.shape) for k, v in sd.items() if k.startswith("patch_embed.")} for sd in (new, old)]
+    assert shapes[0] != shapes[1]  # a different stem, not the file's
+    out = train_backbone.main(_args(tmp_path / "restemmed.safetensors", init=str(first), stem=stem, epochs=1))
+    assert load_backbone(out).model_kwargs["stem"] == stem
+
+
+def test_the_lite_conv_stem_is_a_quarter_of_the_conv_stem() -> None:
+    from vitskip_env import SkippableViT
+
+    conv, lite = (SkippableViT("demo", num_classes=10, stem=s).vit.patch_embed for s in ("conv", "conv_lite"))
+    macs = [sum(m.weight.numel() for m in pe.modules() if isinstance(m, torch.nn.Conv2d)) for pe in (conv, lite)]
+    assert macs[1] < 0.35 * macs[0]
+    with torch.no_grad():
+        assert lite(torch.randn(2, 3, 32, 32)).shape == conv(torch.randn(2, 3, 32, 32)).shape == (2, 16, 128)
