@@ -101,13 +101,25 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_model(args: Args, num_classes: int, device: torch.device) -> SkippableViT:
+def build_model(args: Args, num_classes: int, device: torch.device, image_size: int | None = None) -> SkippableViT:
+    """The model to train: ``--init``'s (re-stemmed with ``--stem``) or a fresh ``--preset`` at the dataset's image size.
+
+    Raises:
+        ValueError: ``--init`` was trained at another image size than the dataset's.
+    """
     if args.init:
         model = load_backbone(args.init, num_classes=num_classes, device=device)
+        if image_size is not None and model.img_size != image_size:
+            raise ValueError(
+                f"--init {args.init!r} takes {model.img_size}x{model.img_size} images but {args.dataset!r} has "
+                f"{image_size}x{image_size}; start from a backbone of that size, or from --preset"
+            )
         if args.stem is not None and args.stem != model.model_kwargs.get("stem", "patch"):
             model = restem(model, args.stem)
         return model.to(device).train()
-    overrides = {} if args.stem is None else {"stem": args.stem}
+    overrides: dict[str, object] = {} if args.stem is None else {"stem": args.stem}
+    if image_size is not None:
+        overrides["img_size"] = image_size  # presets are written for 32x32; Tiny-ImageNet is 64x64
     return SkippableViT(args.preset, num_classes=num_classes, pretrained_file=args.pretrained_file, **overrides).to(device)
 
 
@@ -139,7 +151,7 @@ def main(args: Args) -> Path:
 
     train = make_dataset(args.dataset, "train", args.data_root, args.download, device)
     test = make_dataset(args.dataset, "test", args.data_root, args.download, device)
-    model = build_model(args, train.num_classes, device)
+    model = build_model(args, train.num_classes, device, train.image_size)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]

@@ -165,3 +165,15 @@ def test_the_lite_conv_stem_is_a_quarter_of_the_conv_stem() -> None:
     assert macs[1] < 0.35 * macs[0]
     with torch.no_grad():
         assert lite(torch.randn(2, 3, 32, 32)).shape == conv(torch.randn(2, 3, 32, 32)).shape == (2, 16, 128)
+
+
+def test_a_fresh_model_takes_the_datasets_image_size(tmp_path: Path) -> None:
+    """Presets are written for 32x32; Tiny-ImageNet's 64x64 images get a 64x64 model, and --init must match."""
+    model = train_backbone.build_model(_args(tmp_path / "x.safetensors"), 200, torch.device("cpu"), image_size=64)
+    assert model.img_size == 64
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+    small = model.__class__("micro", num_classes=200)
+    path = small.save(tmp_path / "small.safetensors", dataset="tinyimagenet")
+    with pytest.raises(ValueError, match="takes 32x32 images"):
+        train_backbone.build_model(_args(tmp_path / "y.safetensors", init=str(path)), 200, torch.device("cpu"), image_size=64)
