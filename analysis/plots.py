@@ -191,9 +191,8 @@ def plot_pareto(
         ax.plot(best[x], best[y], marker="o", markersize=4, color=color, label=label)
     if dynamic is not None and len(dynamic):
         names = dynamic["name"] if "name" in dynamic.columns else pd.Series(dynamic.index, index=dynamic.index)
-        ax.scatter(
-            dynamic[x], dynamic[y], marker="*", s=260, color="#d62728", edgecolor="black", zorder=5, label="dynamic policy"
-        )
+        label = "dynamic policy" if len(dynamic) == 1 else f"dynamic policies ({len(dynamic)}, named beside each star)"
+        ax.scatter(dynamic[x], dynamic[y], marker="*", s=260, color="#d62728", edgecolor="black", zorder=5, label=label)
         for xi, yi, label in zip(dynamic[x], dynamic[y], names, strict=True):
             ax.annotate(str(label), (xi, yi), textcoords="offset points", xytext=(8, -12), fontsize=8)
     ax.margins(0.08)
