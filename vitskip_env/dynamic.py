@@ -119,19 +119,36 @@ class DynamicViT(nn.Module):
             return self._decide(block, tokens, executed)
         if tokens.shape[0] <= HOST_BATCH and fused.has_host_path:  # NumPy on the host: no torch kernel per op
             margin = fused.margin_host(tokens, block, executed.numpy().sum(1))
-            execute = torch.from_numpy(margin > 0)
-            unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
-            if unsure.size:
-                rows = torch.from_numpy(unsure)
-                execute[rows] = self._exact(block, tokens[rows], executed[rows])
-            return self._apply_rules(block, execute, executed)
-        margin = fused(tokens, block, executed.sum(1, dtype=torch.float32))
+            execute = torch.from_numpy(self._settle_host(fused, block, margin, tokens, executed))
+        else:
+            execute = self._settle(fused, block, fused(tokens, block, executed.sum(1, dtype=torch.float32)), tokens, executed)
+        return self._apply_rules(block, execute, executed)
+
+    def _settle(
+        self, fused: FusedDecision, block: int, margin: torch.Tensor, tokens: torch.Tensor, executed: torch.Tensor
+    ) -> torch.Tensor:
+        """``margin > 0``, with the rows within rounding of a tie re-decided by the exact path."""
         execute = margin > 0
         unsure = margin.abs() <= fused.tol
         if unsure.any():
             rows = unsure.nonzero().squeeze(1)
             execute[rows] = self._exact(block, tokens[rows], executed[rows])
-        return self._apply_rules(block, execute, executed)
+        return execute
+
+    def _settle_host(
+        self, fused: FusedDecision, block: int, margin: np.ndarray, tokens: torch.Tensor, executed: torch.Tensor
+    ) -> np.ndarray:
+        """:meth:`_settle` for NumPy margins (one image: Python floats, cheaper than two array operations)."""
+        execute = margin > 0
+        if margin.shape[0] == 1:
+            if -fused.tol <= float(margin[0]) <= fused.tol:
+                execute[0] = bool(self._exact(block, tokens, executed))
+            return execute
+        unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
+        if unsure.size:
+            rows = torch.from_numpy(unsure)
+            execute[unsure] = self._exact(block, tokens[rows], executed[rows]).numpy()
+        return execute
 
     def _exact(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed))
@@ -209,12 +226,7 @@ class DynamicViT(nn.Module):
                 elif changed is not None and changed.numel():
                     features.index_copy_(0, changed, fused.features(fused.pool(tokens).index_select(0, changed)))
                 margin = fused.margin_from(features, i, count)
-                execute = margin > 0
-                unsure = margin.abs() <= fused.tol
-                if unsure.any():
-                    rows = unsure.nonzero().squeeze(1)
-                    execute[rows] = self._exact(i, tokens[rows], executed[rows])
-                execute = self._apply_rules(i, execute, executed)
+                execute = self._apply_rules(i, self._settle(fused, i, margin, tokens, executed), executed)
             executed[:, i] = execute
             changed = execute.nonzero().squeeze(1)
             tokens = vit.run_block(i, tokens, changed, inplace=inplace)
@@ -247,16 +259,7 @@ class DynamicViT(nn.Module):
                     features = fused.features_host(tokens)
                 elif changed.size:
                     features[changed] = fused.features_host(tokens[torch.from_numpy(changed)])
-                margin = fused.margin_from_host(features, i, count)
-                execute = margin > 0
-                if n == 1:  # Python floats: cheaper than two array ops for one image
-                    if -fused.tol <= float(margin[0]) <= fused.tol:
-                        execute[0] = bool(self._exact(i, tokens, executed))
-                else:
-                    unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
-                    if unsure.size:
-                        rows = torch.from_numpy(unsure)
-                        execute[unsure] = self._exact(i, tokens[rows], executed[rows]).numpy()
+                execute = self._settle_host(fused, i, fused.margin_from_host(features, i, count), tokens, executed)
                 if policy.min_blocks:  # skip_allowed, in NumPy: the blocks left must still reach min_blocks
                     execute |= count + (depth - i - 1) < policy.min_blocks
             host[:, i] = execute
