@@ -72,9 +72,10 @@ def _check_report(run_dir: Path, summary: dict) -> None:
         assert image[..., :3].std() > 0.01, name
     assert "Warning" not in text
     head = _md_table(text, "## Headline")
-    assert float(head.loc["top-1 (%)", "eval.parquet"]) == pytest.approx(summary["top1_dynamic"], abs=0.005)
+    half_cent = 0.005 + 1e-9  # the report prints 2 decimals: 9.375 -> "9.38" is 0.005 away, plus float error
+    assert float(head.loc["top-1 (%)", "eval.parquet"]) == pytest.approx(summary["top1_dynamic"], abs=half_cent)
     assert float(head.loc["top-1 of the static backbone (%)", "summary.json"]) == pytest.approx(
-        summary["top1_static"], abs=0.005
+        summary["top1_static"], abs=half_cent
     )
     blocks = head.loc[f"executed blocks (mean, of {summary['depth']})", "eval.parquet"]
     assert float(blocks) == pytest.approx(summary["executed_blocks"], abs=0.0005)
