@@ -264,9 +264,7 @@ class DynamicViT(nn.Module):
                     execute |= count + (depth - i - 1) < policy.min_blocks
             host[:, i] = execute
             changed = np.flatnonzero(execute)
-            if changed.size == n:
-                tokens = vit.run_block(i, tokens)
-            elif changed.size:
+            if changed.size:  # all rows (one image included) run the block as it is: no gather
                 tokens = vit.run_block(i, tokens, torch.from_numpy(changed), inplace=inplace)
             count += execute
         return tokens
