@@ -72,6 +72,8 @@ class Args:
     """layers: compute objective, share of block FLOPs or of measured block latency"""
     batch_size: int = 256
     """images per chunk of the vectorised scorer (larger on a GPU)"""
+    cache_mb: float = 1024.0
+    """layers/joint: MiB (on --device) of prefix token states kept between generations (0 = off; scores do not change)"""
     finetune_steps: int = 0
     """layers: AdamW steps fine-tuning every front subset on the train split (0 = no fine-tune)"""
     finetune_lr: float = 3e-4
@@ -172,7 +174,7 @@ def layers(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: in
     nv, nt = limit(val, args.val_images), limit(test, args.test_images)
     problem = LayerSubsetProblem(
         backbone, val.images[:nv], val.labels[:nv], dataset=val, min_blocks=args.min_blocks,
-        cost_model=args.cost_model, batch_size=args.batch_size,
+        cost_model=args.cost_model, batch_size=args.batch_size, cache_mb=args.cache_mb,
     )  # fmt: skip
     front = search_layers(problem, pop_size=pop_size, n_gen=n_gen, seed=args.seed, out_dir=out, callback=progress)
     search_seconds = progress.elapsed()
@@ -193,7 +195,8 @@ def layers(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: in
         "full_top1_test": float(scored["top1"][-1]), "finetune_steps": args.finetune_steps,
         "subsets_scored": scored_subsets, "subsets_requested": requested,
         "search_seconds": round(search_seconds, 1), "scoring_seconds": round(problem.eval_seconds, 1),
-        "chosen": None if chosen is None else chosen.to_dict(), "front": front.to_dict("records"),
+        "prefix_cache": problem.cache.stats(), "chosen": None if chosen is None else chosen.to_dict(),
+        "front": front.to_dict("records"),
     }  # fmt: skip
     dynamic = None
     if dyn is not None:
@@ -315,7 +318,7 @@ def joint(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: int
     nv, nt = limit(val, args.val_images), limit(test, args.test_images)
     problem = JointSubsetProblem(
         dyn, val.images[:nv], val.labels[:nv], dataset=val, weights=weights, min_blocks=args.min_blocks,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, cache_mb=args.cache_mb,
     )  # fmt: skip
     front = search_joint(problem, pop_size=pop_size, n_gen=n_gen, seed=args.seed, out_dir=out, callback=progress)
     search_seconds = progress.elapsed()
@@ -347,7 +350,7 @@ def joint(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: int
         "run": run_dir.as_posix(), "weights": weights, "depth": dyn.depth, "val_images": nv, "test_images": nt,
         "subsets_scored": len(problem.scores), "subsets_requested": problem.requested,
         "search_seconds": round(search_seconds, 1), "scoring_seconds": round(problem.eval_seconds, 1),
-        "unrestricted": reference, **pick, "front": front.to_dict("records"),
+        "prefix_cache": problem.cache.stats(), "unrestricted": reference, **pick, "front": front.to_dict("records"),
     }  # fmt: skip
     agent = pd.concat([
         point("agent, all blocks (val)", reference["executed_blocks"], reference["top1"]),

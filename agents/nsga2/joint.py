@@ -35,6 +35,7 @@ from vitskip_env.data import ImageDataset
 from vitskip_env.dynamic import DynamicViT
 from vitskip_env.rewards import CONFIDENCE_FLOOR, DEFAULT_WEIGHTS, WEIGHT_NAMES
 
+from .cache import PrefixCache, fingerprint
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, str_to_mask
 from .layers import ProgressFn, embed, prepare_images, run_nsga2
 from .trie import State, check_masks, walk_trie
@@ -82,6 +83,7 @@ def evaluate_joint(
     weights: Mapping[str, float] | None = None,
     batch_size: int = 256,
     costs: torch.Tensor | CostModel = "flops",
+    cache: PrefixCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """RL reward, top-1 and executed blocks of the agent restricted to each subset in ``masks``, in one pass.
 
@@ -95,6 +97,9 @@ def evaluate_joint(
             defaults); use :func:`reward_weights` for a run's own.
         batch_size: Images per chunk.
         costs: Cost share per block: ``"flops"``, ``"latency"`` or a ``(depth,)`` tensor.
+        cache: States (tokens and executed blocks) of kept-block prefixes from earlier calls on the
+            same agent, images and ``batch_size`` (:class:`agents.nsga2.cache.PrefixCache`). The
+            agent is deterministic, so a prefix's state is the same whichever subset it belongs to.
 
     Returns:
         CPU tensors with one entry per mask: ``reward`` (mean episode reward), ``top1`` (percent),
@@ -111,9 +116,16 @@ def evaluate_joint(
     sums = torch.zeros(len(unique), 4, dtype=torch.float64, device=device)  # reward, correct, executed, compute
     was_training = dyn.training
     dyn.eval()
+    if cache is not None:
+        cache.bind(fingerprint(dyn, images, dataset, batch_size, "joint"))
+
+    def root(x: torch.Tensor) -> State:
+        tokens = embed(backbone, x, dataset)
+        return tokens, torch.zeros(tokens.shape[0], backbone.depth, dtype=torch.bool, device=device)
+
     try:
-        for start in range(0, images.shape[0], batch_size):
-            y = labels[start : start + batch_size]
+        for k, start in enumerate(range(0, images.shape[0], batch_size)):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
 
             def finish(state: State, mask_id: int, y: torch.Tensor = y) -> None:
                 tokens, executed = state
@@ -124,9 +136,8 @@ def evaluate_joint(
                 reward = w["correct"] * correct + w["confidence"] * confidence - w["compute"] * compute
                 sums[mask_id] += torch.stack([reward.sum(), correct.sum(), executed.sum().double(), compute.sum()])
 
-            tokens = embed(backbone, images[start : start + batch_size], dataset)
-            executed = torch.zeros(tokens.shape[0], backbone.depth, dtype=torch.bool, device=device)
-            walk_trie(unique, (tokens, executed), lambda i, s: joint_step(dyn, i, *s), finish)
+            view = None if cache is None else cache.chunk(k)
+            walk_trie(unique, lambda x=x: root(x), lambda i, s: joint_step(dyn, i, *s), finish, cache=view)
     finally:
         dyn.train(was_training)
     n = max(1, images.shape[0])
@@ -153,6 +164,7 @@ class JointSubsetProblem(Problem):
         weights: Reward weights (:func:`reward_weights` of the agent's run).
         min_blocks: Fewest kept blocks allowed.
         batch_size: Images per chunk.
+        cache_mb: Memory for prefix states kept between generations (see :class:`LayerSubsetProblem`); 0: off.
     """
 
     def __init__(
@@ -165,6 +177,7 @@ class JointSubsetProblem(Problem):
         weights: Mapping[str, float] | None = None,
         min_blocks: int = 1,
         batch_size: int = 256,
+        cache_mb: float = 1024.0,
     ) -> None:
         depth = dyn.depth
         if not isinstance(min_blocks, int) or not 1 <= min_blocks <= depth:
@@ -177,6 +190,7 @@ class JointSubsetProblem(Problem):
         self.min_blocks = min_blocks
         self.batch_size = batch_size
         self.costs = block_costs(dyn.backbone, "flops")
+        self.cache = PrefixCache(cache_mb)
         self.scores: dict[str, dict[str, float]] = {}
         self.requested = 0
         self.eval_seconds = 0.0
@@ -196,8 +210,9 @@ class JointSubsetProblem(Problem):
             return
         t0 = time.perf_counter()
         masks = np.stack([str_to_mask(k) for k in new])
+        cache = self.cache if self.cache.budget else None
         r = evaluate_joint(self.dyn, masks, self.images, self.labels, dataset=self.dataset, weights=self.weights,
-                           batch_size=self.batch_size, costs=self.costs)  # fmt: skip
+                           batch_size=self.batch_size, costs=self.costs, cache=cache)  # fmt: skip
         self.eval_seconds += time.perf_counter() - t0
         for j, k in enumerate(new):
             self.scores[k] = {name: float(r[name][j]) for name in ("reward", "top1", "executed_blocks", "compute")}

@@ -36,6 +36,7 @@ from vitskip_env.class_token import class_token_ready, run_block_class_token
 from vitskip_env.costs import CostModel, block_costs
 from vitskip_env.data import ImageDataset
 
+from .cache import PrefixCache, fingerprint
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, str_to_mask, write_front
 from .trie import State, block_runs, check_masks, walk_trie
 
@@ -74,6 +75,7 @@ def evaluate_subsets(
     dataset: ImageDataset | None = None,
     batch_size: int = 256,
     costs: torch.Tensor | CostModel = "flops",
+    cache: PrefixCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """Top-1 and compute of every static block subset in ``masks`` on the same images, in one pass.
 
@@ -92,12 +94,16 @@ def evaluate_subsets(
         batch_size: Images per chunk, i.e. rows per block call (large on a GPU, ~256 on a CPU).
         costs: ``"flops"`` / ``"latency"`` (:func:`vitskip_env.costs.block_costs`; latency is measured
             at every call, so pass the tensor when calling repeatedly) or a ``(depth,)`` share per block.
+        cache: Token states of trie nodes kept from earlier calls on the same backbone, images and
+            ``batch_size`` (:class:`agents.nsga2.cache.PrefixCache`; it empties itself when any of them
+            changed): a prefix some earlier call left behind is not run again. Scores are identical.
 
     Returns:
         CPU tensors with one entry per input mask: ``correct`` (int64), ``top1`` (percent,
         float64), ``kept_blocks`` (int64), ``compute`` (share of the block cost kept, float64); and
         the scalars ``images``, ``block_runs`` / ``naive_block_runs`` (block evaluations per image
-        with prefix sharing / scoring each mask on its own).
+        with prefix sharing / scoring each mask on its own) and ``block_calls`` (blocks actually run,
+        summed over the chunks: fewer than ``block_runs`` per chunk when ``cache`` held some prefixes).
 
     Example:
         >>> masks = torch.tensor([[1, 1, 0, 1], [1, 0, 0, 0]], dtype=torch.bool)   # doctest: +SKIP
@@ -115,15 +121,20 @@ def evaluate_subsets(
     backbone.eval()
     # A trie leaf's output only feeds the head: with class-token pooling, run it for the class token alone.
     last_step = (lambda i, s: (run_block_class_token(backbone, i, s[0]),)) if class_token_ready(backbone) else None
+    if cache is not None:
+        cache.bind(fingerprint(backbone, images, dataset, batch_size, "subsets"))
+    calls = 0
     try:
-        for start in range(0, n, batch_size):
-            y = labels[start : start + batch_size]
+        for k, start in enumerate(range(0, n, batch_size)):
+            x, y = images[start : start + batch_size], labels[start : start + batch_size]
 
             def finish(state: State, mask_id: int, y: torch.Tensor = y) -> None:
                 correct[mask_id] += (backbone.head(state[0]).argmax(1) == y).sum()
 
-            tokens = embed(backbone, images[start : start + batch_size], dataset)
-            walk_trie(unique, (tokens,), lambda i, s: (backbone.run_block(i, s[0]),), finish, last_step)
+            calls += walk_trie(
+                unique, lambda x=x: (embed(backbone, x, dataset),), lambda i, s: (backbone.run_block(i, s[0]),), finish,
+                last_step, None if cache is None else cache.chunk(k),
+            )  # fmt: skip
     finally:
         backbone.train(was_training)
     share = _costs(backbone, costs, device).cpu().double()
@@ -137,6 +148,7 @@ def evaluate_subsets(
         "images": torch.tensor(n),
         "block_runs": torch.tensor(block_runs(unique)),
         "naive_block_runs": torch.tensor(int(mask_np.sum())),
+        "block_calls": torch.tensor(calls),
     }
 
 
@@ -154,8 +166,10 @@ class LayerSubsetProblem(Problem):
 
     ``_evaluate`` scores the whole population with one :func:`evaluate_subsets` call on the
     problem's images (the model stays in this process: no per-individual process, no pickling).
-    A subset already scored is not scored again (results are cached by mask). One inequality
-    constraint keeps at least ``min_blocks`` blocks.
+    A subset already scored is not scored again (results are cached by mask), and the token states
+    of kept-block prefixes are kept from one generation to the next within ``cache_mb``, so a later
+    generation runs only the prefixes no earlier one computed. One inequality constraint keeps at
+    least ``min_blocks`` blocks.
 
     Args:
         backbone: The ViT whose blocks are searched.
@@ -165,6 +179,9 @@ class LayerSubsetProblem(Problem):
         min_blocks: Fewest kept blocks allowed (``>= 1``).
         cost_model: ``"flops"`` (share of block FLOPs) or ``"latency"`` (measured once, on the backbone's device).
         batch_size: Images per chunk (see :func:`evaluate_subsets`).
+        cache_mb: Memory (on the backbone's device) for token states of prefixes kept from one
+            generation to the next (:class:`agents.nsga2.cache.PrefixCache`); 0 turns it off. Scores
+            do not depend on it. With the ``demo`` preset a prefix of 2,000 images takes 17 MiB.
 
     Example:
         >>> problem = LayerSubsetProblem(vit, val.images[:2000], val.labels[:2000], dataset=val)  # doctest: +SKIP
@@ -181,6 +198,7 @@ class LayerSubsetProblem(Problem):
         min_blocks: int = 1,
         cost_model: CostModel = "flops",
         batch_size: int = 256,
+        cache_mb: float = 1024.0,
     ) -> None:
         depth = backbone.depth
         if not isinstance(min_blocks, int) or not 1 <= min_blocks <= depth:
@@ -194,6 +212,7 @@ class LayerSubsetProblem(Problem):
         self.costs = block_costs(backbone, cost_model)
         self.cost_model = cost_model
         self.batch_size = batch_size
+        self.cache = PrefixCache(cache_mb)
         self.scores: dict[str, tuple[int, float]] = {}
         self.requested = 0
         self.eval_seconds = 0.0
@@ -213,6 +232,7 @@ class LayerSubsetProblem(Problem):
             r = evaluate_subsets(
                 self.backbone, np.stack([str_to_mask(k) for k in new]), self.images, self.labels,
                 dataset=self.dataset, batch_size=self.batch_size, costs=self.costs,
+                cache=self.cache if self.cache.budget else None,
             )  # fmt: skip
             self.eval_seconds += time.perf_counter() - t0
             for k, correct, compute in zip(new, r["correct"].tolist(), r["compute"].tolist(), strict=True):

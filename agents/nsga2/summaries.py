@@ -18,6 +18,12 @@ def _removed(c: Mapping[str, Any], depth: int) -> str:
     return f"`{c['kept']}` removes {c['removed_blocks']} of {depth} blocks ({100 * c['removed_blocks'] / depth:.0f}%)"
 
 
+def _scoring(s: Mapping[str, Any]) -> str:
+    cache = s.get("prefix_cache") or {}
+    reused = f"; {cache['hits']:,} prefix states reused from earlier generations" if cache.get("hits") else ""
+    return f"scoring took {s['scoring_seconds']} s of {s['search_seconds']} s{reused}"
+
+
 def layers_markdown(s: Mapping[str, Any], *, env: str, seed: int, tolerance: float, cost_model: str) -> str:
     """``summary.md`` of a layer-subset search (``s``: the ``summary.json`` content)."""
     ft = s.get("finetune_steps", 0) > 0
@@ -32,7 +38,7 @@ def layers_markdown(s: Mapping[str, Any], *, env: str, seed: int, tolerance: flo
         "",
         f"Fitness: top-1 on {s['val_images']:,} val images and the kept share of block {cost_model}. "
         f"{s['subsets_scored']} distinct subsets scored for {s['subsets_requested']} evaluations "
-        f"(scoring took {s['scoring_seconds']} s of {s['search_seconds']} s). Test: {s['test_images']:,} images.",
+        f"({_scoring(s)}). Test: {s['test_images']:,} images.",
         "",
         f"Full model ({s['depth']} blocks): top-1 val {s['full_top1_val']:.2f}, test {s['full_top1_test']:.2f}.",
         "",
@@ -87,7 +93,7 @@ def joint_markdown(s: Mapping[str, Any], *, env: str, seed: int, tolerance: floa
         "",
         f"Agent: `{s['run']}`. Fitness of a subset: the agent's mean episode reward ({reward}) on {s['val_images']:,} val "
         f"images while it skips dynamically among the kept blocks. {s['subsets_scored']} distinct subsets scored "
-        f"(scoring took {s['scoring_seconds']} s of {s['search_seconds']} s). Test: {s['test_images']:,} images.",
+        f"({_scoring(s)}). Test: {s['test_images']:,} images.",
         "",
         *md_table(headers, rows),
     ]

@@ -17,6 +17,7 @@ all 256 subsets of 8 blocks, and the embedding from ``P`` runs to one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,32 +54,93 @@ def block_runs(masks: np.ndarray) -> int:
     return sum(len({row[: i + 1].tobytes() for row in unique if row[i]}) for i in range(unique.shape[1]))
 
 
-def walk_trie(masks: np.ndarray, state: State, step: Step, finish: Finish, last_step: Step | None = None) -> None:
+class StateCache(Protocol):
+    """Where :func:`walk_trie` finds and leaves interior nodes' states (e.g. :class:`agents.nsga2.cache.ChunkView`)."""
+
+    def get(self, key: tuple[int, ...]) -> State | None:
+        """The state after the kept blocks ``key`` (``()``: the embedding), or None."""
+
+    def put(self, key: tuple[int, ...], state: State) -> None:
+        """Keep the state after the kept blocks ``key``."""
+
+
+class _Lazy:
+    """A state computed on first use (a node whose subtree is served from the cache is never computed)."""
+
+    __slots__ = ("make", "value")
+
+    def __init__(self, make: Callable[[], State] | None = None, value: State | None = None) -> None:
+        self.make, self.value = make, value
+
+    def get(self) -> State:
+        if self.value is None:
+            assert self.make is not None
+            self.value, self.make = self.make(), None
+        return self.value
+
+
+def walk_trie(
+    masks: np.ndarray,
+    state: State | Callable[[], State],
+    step: Step,
+    finish: Finish,
+    last_step: Step | None = None,
+    cache: StateCache | None = None,
+) -> int:
     """Score every row of the distinct ``bool (U, depth)`` ``masks`` on one chunk, sharing common prefixes.
 
     Args:
         masks: Distinct masks (True = block kept); ``finish`` receives row indices into them.
-        state: The chunk's state after the embedding.
-        step: Runs one block on the whole chunk.
+        state: The chunk's state after the embedding, or a function computing it (called only if needed).
+        step: Runs one block on the whole chunk; must return new tensors (states are shared).
         finish: Called once per mask, with the state after its last kept block.
         last_step: Runs a block instead of ``step`` where no subset below keeps a later block (a
             leaf of the trie: only ``finish`` reads its output, e.g. only the class token).
-    """
+        cache: States of interior nodes (and of the embedding, key ``()``) from earlier walks over the
+            same chunk: a stored node is not run, nor are its ancestors unless something else needs them.
+            New interior states are offered to it. Leaves are neither looked up nor stored.
 
-    def visit(ids: np.ndarray, i: int, state: State) -> None:
+    Returns:
+        The number of ``step`` / ``last_step`` calls made (blocks run for the chunk).
+    """
+    runs = 0
+
+    def node(key: tuple[int, ...], make: Callable[[], State]) -> _Lazy:
+        stored = cache.get(key) if cache is not None else None
+        if stored is not None:
+            return _Lazy(value=stored)
+
+        def compute() -> State:
+            out = make()
+            if cache is not None:
+                cache.put(key, out)
+            return out
+
+        return _Lazy(compute)
+
+    def run(fn: Step, j: int, parent: _Lazy) -> State:
+        nonlocal runs
+        runs += 1
+        return fn(j, parent.get())
+
+    def visit(ids: np.ndarray, i: int, key: tuple[int, ...], lazy: _Lazy) -> None:
         rest = masks[ids, i:]
         done = ~rest.any(1)
         for mask_id in ids[done]:  # at most one: masks are distinct
-            finish(state, int(mask_id))
+            finish(lazy.get(), int(mask_id))
         ids, rest = ids[~done], rest[~done]
         if not len(ids):
             return
         j = i + int(np.argmax(rest.any(0)))  # next block some subset below keeps (removed blocks cost nothing)
         keeps = masks[ids, j]
         if not keeps.all():
-            visit(ids[~keeps], j + 1, state)
+            visit(ids[~keeps], j + 1, key, lazy)
         below = ids[keeps]
-        leaf = last_step is not None and not masks[below, j + 1 :].any()
-        visit(below, j + 1, (last_step if leaf else step)(j, state))  # type: ignore[misc]
+        if last_step is not None and not masks[below, j + 1 :].any():  # a leaf
+            child = _Lazy(lambda: run(last_step, j, lazy))
+        else:
+            child = node((*key, j), lambda: run(step, j, lazy))
+        visit(below, j + 1, (*key, j), child)
 
-    visit(np.arange(len(masks)), 0, state)
+    visit(np.arange(len(masks)), 0, (), node((), state) if callable(state) else _Lazy(value=state))
+    return runs

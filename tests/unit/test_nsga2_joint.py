@@ -11,6 +11,7 @@ import yaml
 from torch import nn
 
 from agents.nsga2 import JointSubsetProblem, SubsetDynamicViT, evaluate_joint, reward_weights, search_joint
+from agents.nsga2.cache import PrefixCache
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy, make_dataset
 from vitskip_env.costs import flops_costs
 from vitskip_env.observations import encoder_for
@@ -69,6 +70,22 @@ def test_vectorised_joint_scores_equal_each_subset_alone(setup) -> None:
         assert got["executed_blocks"][j] <= kept.sum()  # removed blocks never run
     executed = got["executed_blocks"].numpy()
     assert 1 < executed[-1] < 4  # the agent really skips, differently per image
+
+
+def test_joint_scores_with_a_prefix_cache_equal_scores_without(setup) -> None:
+    dyn, ds = setup
+    cache = PrefixCache(64)
+    rng = np.random.default_rng(2)
+    for pop in [ALL4[rng.choice(len(ALL4), 6, replace=False)] for _ in range(4)]:  # overlapping generations
+        got = evaluate_joint(dyn, pop, ds.images[:80], ds.labels[:80], dataset=ds, batch_size=32, cache=cache)
+        ref = evaluate_joint(dyn, pop, ds.images[:80], ds.labels[:80], dataset=ds, batch_size=32)
+        for key in ("reward", "correct", "executed_blocks", "compute"):
+            assert torch.equal(got[key], ref[key]), key
+    assert cache.hits > 0
+    problem = JointSubsetProblem(dyn, ds.images[:32], ds.labels[:32], dataset=ds)
+    problem.score(ALL4[:5])
+    problem.score(ALL4[5:])
+    assert problem.cache.hits > 0
 
 
 def test_all_blocks_kept_is_the_deployed_dynamic_vit(setup) -> None:
