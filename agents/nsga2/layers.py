@@ -183,6 +183,13 @@ class LayerSubsetProblem(Problem):
             generation to the next (:class:`agents.nsga2.cache.PrefixCache`); 0 turns it off. Scores
             do not depend on it. With the ``demo`` preset a prefix of 2,000 images takes 17 MiB.
 
+    Attributes:
+        scores: ``{kept: (correct, compute)}`` of every subset scored so far.
+        requested: Individuals pymoo asked for (``scores`` holds the distinct ones).
+        eval_seconds: Time spent scoring.
+        block_calls: Blocks run while scoring, summed over the chunks of images.
+        cache: The :class:`agents.nsga2.cache.PrefixCache` (``cache.stats()``: hits, memory held).
+
     Example:
         >>> problem = LayerSubsetProblem(vit, val.images[:2000], val.labels[:2000], dataset=val)  # doctest: +SKIP
         >>> frame = search_layers(problem, pop_size=24, n_gen=10, seed=0)  # doctest: +SKIP
@@ -216,6 +223,7 @@ class LayerSubsetProblem(Problem):
         self.scores: dict[str, tuple[int, float]] = {}
         self.requested = 0
         self.eval_seconds = 0.0
+        self.block_calls = 0
 
     def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         masks = check_masks(X, self.n_var)
@@ -235,6 +243,7 @@ class LayerSubsetProblem(Problem):
                 cache=self.cache if self.cache.budget else None,
             )  # fmt: skip
             self.eval_seconds += time.perf_counter() - t0
+            self.block_calls += int(r["block_calls"])
             for k, correct, compute in zip(new, r["correct"].tolist(), r["compute"].tolist(), strict=True):
                 self.scores[k] = (int(correct), float(compute))
         n = self.images.shape[0]

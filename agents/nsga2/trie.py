@@ -11,7 +11,9 @@ in cache on a CPU); on a GPU a large chunk gives each block call a large batch.
 
 Compared with scoring every subset on its own, the block evaluations drop from the total number of
 kept blocks to the number of distinct kept-block prefixes (:func:`block_runs`): 1,024 -> 255 for
-all 256 subsets of 8 blocks, and the embedding from ``P`` runs to one.
+all 256 subsets of 8 blocks, and the embedding from ``P`` runs to one. Given a cache of states from
+earlier walks over the same chunk (:mod:`agents.nsga2.cache`), a node found there is not run, and
+states are computed lazily, so neither are the ancestors of a subtree the cache serves whole.
 """
 
 from __future__ import annotations
