@@ -104,7 +104,8 @@ def evaluate_joint(
     Returns:
         CPU tensors with one entry per mask: ``reward`` (mean episode reward), ``top1`` (percent),
         ``correct``, ``executed_blocks`` (mean per image), ``compute`` (mean executed cost share),
-        ``kept_blocks``; and the scalar ``images``.
+        ``kept_blocks``; and the scalars ``images`` and ``block_calls`` (trie steps run, summed over the
+        chunks; a step decides a block for every row and runs it for those that execute).
     """
     backbone = dyn.backbone
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
@@ -123,6 +124,7 @@ def evaluate_joint(
         tokens = embed(backbone, x, dataset)
         return tokens, torch.zeros(tokens.shape[0], backbone.depth, dtype=torch.bool, device=device)
 
+    calls = 0
     try:
         for k, start in enumerate(range(0, images.shape[0], batch_size)):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
@@ -137,7 +139,7 @@ def evaluate_joint(
                 sums[mask_id] += torch.stack([reward.sum(), correct.sum(), executed.sum().double(), compute.sum()])
 
             view = None if cache is None else cache.chunk(k)
-            walk_trie(unique, lambda x=x: root(x), lambda i, s: joint_step(dyn, i, *s), finish, cache=view)
+            calls += walk_trie(unique, lambda x=x: root(x), lambda i, s: joint_step(dyn, i, *s), finish, cache=view)
     finally:
         dyn.train(was_training)
     n = max(1, images.shape[0])
@@ -150,6 +152,7 @@ def evaluate_joint(
         "compute": per_mask[:, 3],
         "kept_blocks": torch.from_numpy(mask_np).sum(1),
         "images": torch.tensor(images.shape[0]),
+        "block_calls": torch.tensor(calls),
     }
 
 

@@ -81,7 +81,8 @@ def test_joint_scores_with_a_prefix_cache_equal_scores_without(setup) -> None:
         ref = evaluate_joint(dyn, pop, ds.images[:80], ds.labels[:80], dataset=ds, batch_size=32)
         for key in ("reward", "correct", "executed_blocks", "compute"):
             assert torch.equal(got[key], ref[key]), key
-    assert cache.hits > 0
+        assert int(got["block_calls"]) <= int(ref["block_calls"])
+    assert cache.hits > 0 and int(got["block_calls"]) < int(ref["block_calls"])
     problem = JointSubsetProblem(dyn, ds.images[:32], ds.labels[:32], dataset=ds)
     problem.score(ALL4[:5])
     problem.score(ALL4[5:])
