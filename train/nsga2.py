@@ -104,6 +104,10 @@ def main(args: Args) -> Path:
 
     if args.env not in vitskip_env.ENV_IDS:
         raise ValueError(f"unknown env {args.env!r}; registered: {sorted(vitskip_env.ENV_IDS)}")
+    if not args.cache_mb >= 0:
+        raise ValueError(
+            f"--cache-mb must be >= 0 (MiB of prefix states kept between generations, 0 = off), got {args.cache_mb}"
+        )
     pop_size = args.pop_size if args.pop_size is not None else DEFAULT_SIZES[args.search][0]
     n_gen = args.n_gen if args.n_gen is not None else DEFAULT_SIZES[args.search][1]
     common.set_threads(args.threads)

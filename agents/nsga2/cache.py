@@ -21,6 +21,8 @@ prefix is shared by more subsets, so it is worth more.
 from __future__ import annotations
 
 import itertools
+import math
+import sys
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -53,7 +55,8 @@ class PrefixCache:
     """Token states after prefixes of kept blocks, per chunk of images, within ``budget_mb`` of memory.
 
     Args:
-        budget_mb: Most memory the stored states may take (on the backbone's device); 0 stores nothing.
+        budget_mb: Most memory the stored states may take (on the backbone's device); 0 stores nothing,
+            ``float("inf")`` sets no limit.
 
     Attributes:
         hits: States handed back instead of recomputed (a block run, or an embedding, saved).
@@ -68,7 +71,7 @@ class PrefixCache:
     def __init__(self, budget_mb: float = 1024.0) -> None:
         if not budget_mb >= 0:
             raise ValueError(f"budget_mb must be >= 0 (MiB of token states to keep; 0 turns the cache off), got {budget_mb!r}")
-        self.budget = int(budget_mb * 2**20)
+        self.budget = sys.maxsize if math.isinf(budget_mb) else int(budget_mb * 2**20)
         self._states: OrderedDict[tuple[int, Key], State] = OrderedDict()
         self._sizes: dict[tuple[int, Key], int] = {}
         self.nbytes = 0

@@ -109,10 +109,15 @@ def test_command_line_flags(capsys) -> None:
     assert stop.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--search", "--pop-size", "--n-gen", "--seed", "--device", "--out", "--run", "--finetune-steps",
-                 "--dask-scheduler", "--budget-steps"):  # fmt: skip
+                 "--dask-scheduler", "--budget-steps", "--cache-mb"):  # fmt: skip
         assert flag in text, flag
     with pytest.raises(SystemExit):
         tyro.cli(nsga2.Args, args=["--search", "everything"])
+
+
+def test_negative_cache_budget_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--cache-mb must be >= 0"):
+        nsga2.main(nsga2.Args(cache_mb=-1, runs_dir=str(tmp_path / "empty"), out=str(tmp_path / "o"), **TINY))
 
 
 def test_joint_without_a_run_says_how_to_make_one(tmp_path: Path) -> None:

@@ -99,8 +99,13 @@ def test_budget_keeps_shallow_prefixes_and_zero_stores_nothing() -> None:
     empty = PrefixCache(0)
     empty.put(0, (), state)
     assert len(empty) == 0
-    with pytest.raises(ValueError, match="budget_mb must be >= 0"):
-        PrefixCache(-1)
+    for bad in (-1, float("nan")):
+        with pytest.raises(ValueError, match="budget_mb must be >= 0"):
+            PrefixCache(bad)
+    unlimited = PrefixCache(float("inf"))
+    for key in [(), (0,), (0, 1)]:
+        unlimited.put(0, key, state)
+    assert len(unlimited) == 3 and unlimited.evictions == 0
 
 
 def test_problems_reuse_prefixes_between_generations(setup) -> None:
