@@ -213,9 +213,8 @@ class JointSubsetProblem(Problem):
             return
         t0 = time.perf_counter()
         masks = np.stack([str_to_mask(k) for k in new])
-        cache = self.cache if self.cache.budget else None
         r = evaluate_joint(self.dyn, masks, self.images, self.labels, dataset=self.dataset, weights=self.weights,
-                           batch_size=self.batch_size, costs=self.costs, cache=cache)  # fmt: skip
+                           batch_size=self.batch_size, costs=self.costs, cache=self.cache)  # fmt: skip
         self.eval_seconds += time.perf_counter() - t0
         for j, k in enumerate(new):
             self.scores[k] = {name: float(r[name][j]) for name in ("reward", "top1", "executed_blocks", "compute")}
