@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from analysis.stats import spearman
 from vitskip_env import ViTSkipVectorEnv
 
 #: Env keyword arguments that only matter for training and are dropped for evaluation.
@@ -128,17 +129,3 @@ _EPISODE_KEYS = (
     "executed_mask",
     "difficulty",
 )
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); ``nan`` if either input is constant."""
-    rx, ry = _ranks(np.asarray(x)), _ranks(np.asarray(y))
-    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _ranks(a: np.ndarray) -> np.ndarray:
-    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]

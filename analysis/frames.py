@@ -171,8 +171,8 @@ def check_frame(frame: pd.DataFrame, source: str = "the frame") -> pd.DataFrame:
             f"(required: {list(REQUIRED)}); build one with analysis.frames.from_episodes"
         )
     out = frame.sort_values(["image_index", "block"], kind="stable").reset_index(drop=True)
-    n_blocks = int(out["block"].max()) + 1 if len(out) else 0
-    counts = out.groupby("image_index", sort=False)["block"].agg(["size", "nunique", "min", "max"])
+    n_blocks = depth_of(out)
+    counts = out.groupby("image_index", sort=False)["block"].agg(["size", "nunique", "min"])
     bad = counts[(counts["size"] != n_blocks) | (counts["nunique"] != n_blocks) | (counts["min"] != 0)]
     if len(bad):
         first = bad.index[0]
@@ -215,7 +215,8 @@ def image_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """
     first = frame[frame["block"] == 0]
     images = first[list(IMAGE_COLUMNS)].set_index("image_index")
-    images["path"] = ["".join(row) for row in np.where(executed_matrix(frame), "1", "0")]
+    mask = executed_matrix(frame)
+    images["path"] = (mask.astype(np.uint8) + ord("0")).view(f"S{max(mask.shape[1], 1)}").ravel().astype(str)
     return images
 
 
@@ -236,14 +237,16 @@ def _run_dynamic(model: Any, dataset: Any, n_images: int | None, batch_size: int
     """Run a ``DynamicViT`` over ``dataset`` and return its skip frame (torch imported here only)."""
     import torch
 
+    if n_images is not None and int(n_images) < 0:
+        raise ValueError(f"n_images must be >= 0 (images of the test split to run; None: all), got {n_images}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (images per forward pass), got {batch_size}")
     device = next(model.parameters()).device
     if isinstance(dataset, str):
         from vitskip_env import make_dataset
 
         dataset = make_dataset(dataset, "test", device=device)
     n = len(dataset.labels) if n_images is None else min(int(n_images), len(dataset.labels))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parts: dict[str, list[np.ndarray]] = {"executed_mask": [], "prediction": [], "confidence": []}
     was_training = model.training
     model.eval()

@@ -23,8 +23,8 @@ from matplotlib.ticker import NullLocator
 
 from ._io import atomic_path
 from .frames import depth_of, image_frame
-from .readers import BENCHMARK_REQUIRED
-from .stats import class_block_rates, pareto_front, top1_by_depth
+from .readers import BENCHMARK_REQUIRED, _check_columns
+from .stats import block_rates, class_block_rates, pareto_front, top1_by_depth
 
 FIGSIZE: tuple[float, float] = (8.0, 5.0)
 DPI = 150
@@ -105,7 +105,7 @@ def plot_accuracy_vs_depth(frame: pd.DataFrame, *, static_top1: float | None = N
         lift = np.sqrt(size / np.pi) + 3  # just above the marker's edge
         ax.annotate(f"n={n:,}", (xi, yi), textcoords="offset points", xytext=(0, lift), ha="center", fontsize=7)
     ax.margins(y=0.12)
-    overall = 100.0 * float(image_frame(frame)["correct"].mean())
+    overall = 100.0 * float(frame["correct"].mean())  # every image has one row per block
     ax.axhline(overall, color="#1f77b4", linestyle="--", linewidth=1, label=f"dynamic, all images: {overall:.2f}%")
     if static_top1 is not None:
         ax.axhline(static_top1, color="#555555", linestyle=":", linewidth=1.5, label=f"static backbone: {static_top1:.2f}%")
@@ -124,9 +124,7 @@ def plot_throughput(bench: pd.DataFrame) -> Figure:
         bench: The benchmark table (:data:`~analysis.readers.BENCHMARK_COLUMNS`; at least
             :data:`~analysis.readers.BENCHMARK_REQUIRED`), or a run's :func:`~analysis.readers.speed_frame`.
     """
-    missing = [c for c in BENCHMARK_REQUIRED if c not in bench.columns]
-    if missing:
-        raise ValueError(f"plot_throughput needs the benchmark columns {list(BENCHMARK_REQUIRED)}; missing {missing}")
+    _check_columns(bench, BENCHMARK_REQUIRED, "a benchmark table", "plot_throughput's input")
     _nonempty(bench, "benchmark table")
     keys = ["device", "dtype"] + (["threads"] if "threads" in bench.columns and bench["threads"].nunique() > 1 else [])
     groups = list(bench.groupby(keys, sort=True, dropna=False))
@@ -211,7 +209,7 @@ def plot_block_rates(frames: Mapping[str, pd.DataFrame], *, ax: Axes | None = No
     fig, ax = _axes(ax)
     width = 0.8 / len(frames)
     for i, (name, frame) in enumerate(frames.items()):
-        rates = frame.groupby("block")["executed"].mean()
+        rates = block_rates(frame)
         ax.bar(rates.index.to_numpy() + (i - (len(frames) - 1) / 2) * width, rates, width=width, label=name)
     ax.set_xlabel("block (0 = first)")
     ax.set_ylabel("execute rate (fraction of images)")

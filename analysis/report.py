@@ -159,7 +159,8 @@ def _run_section(
 
 def _rates_table(frame: pd.DataFrame, summary: dict[str, Any]) -> pd.DataFrame:
     rates = stats.block_rates(frame)
-    rows = [rates.to_numpy(), summary.get("block_rates", [math.nan] * len(rates))]
+    saved = list(summary.get("block_rates", []))[: len(rates)]  # a different depth is reported by _disagreements
+    rows = [rates.to_numpy(), saved + [math.nan] * (len(rates) - len(saved))]
     table = pd.DataFrame(rows, index=["eval.parquet", "summary.json"], columns=[f"block {b}" for b in rates.index])
     return table.rename_axis("source")
 
@@ -202,10 +203,10 @@ def _disagreements(frame: pd.DataFrame, head: dict[str, float], s: dict[str, Any
         "executed blocks": (head["executed_blocks"], s.get("executed_blocks")),
         "difficulty vs depth": (head["difficulty_corr"], s.get("difficulty_corr")),
     }
-    rates = stats.block_rates(frame).to_numpy()
-    checks |= {
-        f"execute rate of block {b}": (r, q) for b, (r, q) in enumerate(zip(rates, s.get("block_rates", []), strict=False))
-    }
+    rates, saved = stats.block_rates(frame).to_numpy(), s.get("block_rates")
+    if saved is not None and len(saved) != len(rates):
+        checks["number of blocks"] = (len(rates), len(saved))
+    checks |= {f"execute rate of block {b}": (r, q) for b, (r, q) in enumerate(zip(rates, saved or [], strict=False))}
     bad = [name for name, (a, b) in checks.items() if not _close(a, b)]
     if not bad:
         return []

@@ -179,8 +179,17 @@ def pareto_front(
             raise ValueError(f"pareto_front: better must be 'lower' or 'higher', got {better!r} for {name!r}")
     frame = frame.dropna(subset=[x, y])
     sign = np.array([1.0 if x_better == "lower" else -1.0, 1.0 if y_better == "lower" else -1.0])
-    values = frame[[x, y]].to_numpy(dtype=float) * sign  # both minimised now
+    keep = non_dominated_mask(frame[[x, y]].to_numpy(dtype=float) * sign)  # both minimised now
+    return frame[keep].sort_values([x, y], kind="stable")
+
+
+def non_dominated_mask(values: np.ndarray) -> np.ndarray:
+    """``bool (N,)``: the rows of ``values (N, k)`` that no other row dominates, every column minimised.
+
+    A row dominates another when it is ``<=`` on every column and ``<`` on one; equal rows are all kept.
+    """
+    values = np.asarray(values, dtype=float)
     keep = np.ones(len(values), dtype=bool)
     for i, v in enumerate(values):
         keep[i] = not (np.all(values <= v, axis=1) & np.any(values < v, axis=1)).any()
-    return frame[keep].sort_values([x, y], kind="stable")
+    return keep

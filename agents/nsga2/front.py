@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.readers import FRONT_COLUMNS, read_front  # the format's columns and reader live with the analysis
+from analysis.stats import non_dominated_mask
 from vitskip_env._io import atomic_path
 
-#: Columns every front has: ``search`` (``"layers" | "rewards" | "joint"``), ``top1`` (percent, on the
-#: split named in ``split``), ``error`` (``100 - top1``), ``executed_blocks`` (mean blocks run per
-#: image; a static subset runs its kept blocks), ``executed_frac`` (of depth), ``compute`` (mean share
-#: of block FLOPs spent, in [0, 1]), ``split``.
-FRONT_COLUMNS: tuple[str, ...] = ("search", "top1", "error", "executed_blocks", "executed_frac", "compute", "split")
+__all__ = ["FRONT_COLUMNS", "mask_to_str", "non_dominated", "read_front", "str_to_mask", "write_front"]
 
 
 def mask_to_str(mask: Sequence[bool] | np.ndarray) -> str:
@@ -42,12 +40,7 @@ def str_to_mask(text: str) -> np.ndarray:
 
 def non_dominated(frame: pd.DataFrame, minimize: Sequence[str] = ("error", "compute")) -> pd.Series:
     """``bool`` Series: rows no other row dominates (all objectives ``<=``, one ``<``), all minimised."""
-    values = frame[list(minimize)].to_numpy(dtype=float)
-    keep = np.ones(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        dominated = np.all(values <= v, axis=1) & np.any(values < v, axis=1)
-        keep[i] = not dominated.any()
-    return pd.Series(keep, index=frame.index)
+    return pd.Series(non_dominated_mask(frame[list(minimize)].to_numpy(dtype=float)), index=frame.index)
 
 
 def write_front(frame: pd.DataFrame, out_dir: str | os.PathLike, name: str = "front") -> Path:
@@ -65,22 +58,3 @@ def write_front(frame: pd.DataFrame, out_dir: str | os.PathLike, name: str = "fr
     with atomic_path(out / f"{name}.csv") as tmp:
         frame.to_csv(tmp, index=False)
     return out / f"{name}.parquet"
-
-
-def read_front(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a front written by :func:`write_front` (a ``.parquet``/``.csv`` file or the folder holding ``front.parquet``).
-
-    Raises:
-        FileNotFoundError: No front there.
-        ValueError: The file lacks a column of :data:`FRONT_COLUMNS`.
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "front.parquet"
-    if not p.is_file():
-        raise FileNotFoundError(f"no NSGA-II front at {str(p)!r}; train/nsga2.py writes front.parquet into its --out folder")
-    frame = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p, dtype={"kept": str})
-    missing = [c for c in FRONT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{str(p)!r} is not an NSGA-II front: missing columns {missing}")
-    return frame

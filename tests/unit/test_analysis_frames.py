@@ -155,6 +155,10 @@ def test_skip_frame_of_a_dynamic_vit_matches_the_backbone() -> None:
     assert dyn.training is True  # ran in eval mode, then the caller's mode was restored
     with pytest.raises(ValueError, match=r"needs a dataset"):
         skip_frame(dyn)
+    with pytest.raises(ValueError, match=r"n_images must be >= 0"):
+        skip_frame(dyn, ds, n_images=-3)
+    with pytest.raises(ValueError, match=r"batch_size must be >= 1"):
+        skip_frame(dyn, ds, batch_size=0)
 
 
 def test_analysis_imports_neither_torch_nor_training_code() -> None:

@@ -99,7 +99,7 @@ def test_throughput_one_panel_per_device_and_dtype(tmp_path: Path) -> None:
     assert [ax.get_title() for ax in fig.axes] == ["cpu · float32", "cuda · bfloat16"]
     assert tuple(fig.get_size_inches()) == (10.0, 5.0)
     check_png(fig, tmp_path, "throughput")
-    with pytest.raises(ValueError, match=r"missing \['images_per_s'\]"):
+    with pytest.raises(ValueError, match=r"missing columns \['images_per_s'\]"):
         plots.plot_throughput(bench().drop(columns="images_per_s"))
     with pytest.raises(ValueError, match="empty"):
         plots.plot_throughput(bench().iloc[0:0])
