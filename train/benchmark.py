@@ -89,21 +89,6 @@ class Args:
     """restart with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set (unless already set)"""
 
 
-def newest_run(runs_dir: Path = Path("runs")) -> Path:
-    """The most recently written run directory that holds a ``dynamic_vit.safetensors``.
-
-    Raises:
-        FileNotFoundError: None there (the message says how to make one).
-    """
-    runs = sorted(runs_dir.glob("*/dynamic_vit.safetensors"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(
-            f"no run with a dynamic_vit.safetensors under {str(runs_dir)!r}; train one with `python train/ppo.py` "
-            "or pass --model FILE"
-        )
-    return runs[-1].parent
-
-
 def best_subset(dyn, ds, n_images: int, n_blocks: int | None = None) -> tuple[torch.Tensor, float]:
     """The fixed subset with the best top-1 on ``ds`` among all subsets of ``n_blocks`` blocks (exhaustive).
 
@@ -165,7 +150,11 @@ def main(args: Args) -> Path:
     if args.model:
         model_file, run_dir = Path(args.model), None
     else:
-        run_dir = Path(args.run) if args.run else newest_run()
+        run_dir = Path(args.run) if args.run else common.newest_run("runs")
+        if run_dir is None:
+            raise FileNotFoundError(
+                "no run with a dynamic_vit.safetensors under 'runs'; train one with `python train/ppo.py` or pass --model FILE"
+            )
         model_file = run_dir / "dynamic_vit.safetensors"
     dyn = DynamicViT.load(model_file, device=device)
     dyn.backbone.to(dtype)

@@ -52,3 +52,11 @@ def run_name(env_id: str, algo: str, seed: int) -> str:
 def distributed_info() -> tuple[int, int, int]:
     """``(rank, local_rank, world_size)`` from torchrun's environment (``(0, 0, 1)`` otherwise)."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def newest_run(runs_dir: str | Path, env_id: str | None = None) -> Path | None:
+    """The most recently written run folder under ``runs_dir`` (of ``env_id``, if given) holding a
+    ``dynamic_vit.safetensors``; None when there is none."""
+    pattern = f"{env_id}__*/dynamic_vit.safetensors" if env_id else "*/dynamic_vit.safetensors"
+    files = sorted(Path(runs_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+    return files[-1].parent if files else None

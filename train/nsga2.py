@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ def main(args: Args) -> Path:
     device = common.resolve_device(args.device)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path(args.runs_dir) / f"nsga2__{args.search}__{args.seed}__{stamp}"
+    if (out / "front.parquet").exists():
+        raise FileExistsError(f"{out} already holds a search (front.parquet); give a new --out or delete that folder first")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "args.yaml", yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
     print(f"NSGA-II {args.search} search on {args.env}: population {pop_size}, {n_gen} generations, seed {args.seed}, "
@@ -172,7 +175,7 @@ def layers(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: in
             "--backbone with a run to compare against: the comparison needs the run's own backbone; "
             "drop --backbone or pass --no-compare"
         )
-    dyn = load_dynamic(run_dir, device) if run_dir is not None else None
+    dyn = load_dynamic(run_dir, device, args.env) if run_dir is not None else None
     backbone = dyn.backbone if dyn is not None else load_env_backbone(args, device)
     val, test = split(args, "val", device), split(args, "test", device)
     nv, nt = limit(val, args.val_images), limit(test, args.test_images)
@@ -275,9 +278,9 @@ def comparison(dyn, problem, front: pd.DataFrame, test, args: Args, out: Path, r
         static["top1_test"] = evaluate_subsets(dyn.backbone, masks, tds.images[:nt], tds.labels[:nt], dataset=tds,
                                                batch_size=args.batch_size)["top1"].numpy()  # fmt: skip
         source = f"the exact front (all {len(every)} subsets scored on val)"
-        ga = static_envelope(front, depth).set_index("k")["kept"]
-        exact = static_envelope(static, depth).set_index("k")["kept"]
-        missed = [int(k) for k in exact.index if ga.get(k) != exact[k]]
+        ga = static_envelope(front, depth).set_index("k")["top1"]
+        exact = static_envelope(static, depth).set_index("k")["top1"]
+        missed = [int(k) for k in exact.index if ga.get(k, -math.inf) < exact[k]]  # a tie on val is not a miss
         notes = f"The NSGA-II front missed the val-best subset of size(s) {missed}. " if missed else (
             "The NSGA-II front holds the val-best subset of every size. ")  # fmt: skip
     result = compare_dynamic_static(static, dynamic, depth)
@@ -316,7 +319,7 @@ def joint(args: Args, out: Path, device: torch.device, pop_size: int, n_gen: int
     from agents.nsga2.summaries import joint_markdown
 
     run_dir = find_run(args, required=True)
-    dyn = load_dynamic(run_dir, device)
+    dyn = load_dynamic(run_dir, device, args.env)
     weights = reward_weights(run_dir)
     val, test = split(args, "val", device), split(args, "test", device)
     nv, nt = limit(val, args.val_images), limit(test, args.test_images)
@@ -373,7 +376,7 @@ def rewards(args: Args, out: Path, pop_size: int, n_gen: int, progress: Progress
 
     front = search_rewards(
         args.env, out_dir=out, pop_size=pop_size, n_gen=n_gen, seed=args.seed, device=args.device,
-        budget_steps=args.budget_steps, algo=args.algo, val_images=args.val_images or 2000,
+        budget_steps=args.budget_steps, algo=args.algo, val_images=args.val_images, test_images=args.test_images,
         dask_scheduler=args.dask_scheduler, n_workers=args.n_workers, threads_per_worker=args.threads or 1,
         env_kwargs=None if args.data_root is None else {"data_root": args.data_root},
         callback=lambda g, f: progress(g, None, f),
@@ -397,9 +400,9 @@ def find_run(args: Args, *, required: bool) -> Path | None:
         if not (run / "dynamic_vit.safetensors").is_file():
             raise FileNotFoundError(f"--run {run}: no dynamic_vit.safetensors there; pass a run folder made by train/ppo.py")
         return run
-    files = sorted(Path(args.runs_dir).glob(f"{args.env}__*/dynamic_vit.safetensors"), key=lambda p: p.stat().st_mtime)
-    if files:
-        return files[-1].parent
+    run = common.newest_run(args.runs_dir, args.env)
+    if run is not None:
+        return run
     if required:
         raise FileNotFoundError(
             f"no trained run of {args.env} under {args.runs_dir}/ (a folder with dynamic_vit.safetensors); "
@@ -409,10 +412,16 @@ def find_run(args: Args, *, required: bool) -> Path | None:
     return None
 
 
-def load_dynamic(run_dir: Path, device: torch.device):
+def load_dynamic(run_dir: Path, device: torch.device, env_id: str):
+    """The run's ``DynamicViT``; refused when it was trained on another env than the one searched."""
     from vitskip_env import DynamicViT
 
-    return DynamicViT.load(run_dir / "dynamic_vit.safetensors", device=device)
+    dyn = DynamicViT.load(run_dir / "dynamic_vit.safetensors", device=device)
+    trained_on = dyn.meta.get("env")
+    if trained_on and trained_on != env_id:
+        raise ValueError(f"--run {run_dir} was trained on {trained_on}, but the search is on --env {env_id}; "
+                         f"pass --env {trained_on} or a run of {env_id}")  # fmt: skip
+    return dyn
 
 
 def load_env_backbone(args: Args, device: torch.device):

@@ -47,7 +47,7 @@ class WorkerConfig:
         algo: Agent name for :func:`agents.make_agent`.
         budget_steps: Environment steps each individual trains for.
         num_envs: Images in flight in the training vector env.
-        val_images: First images of the ``val`` split every individual is scored on.
+        val_images: First images of the ``val`` split every individual is scored on (None: all).
         threads: torch intra-op threads per worker.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; resolved in the worker.
         agent_kwargs: Extra agent constructor arguments (besides the searched ones).
@@ -57,7 +57,7 @@ class WorkerConfig:
     algo: str
     budget_steps: int
     num_envs: int
-    val_images: int
+    val_images: int | None
     threads: int
     device: str
     agent_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -117,6 +117,9 @@ def score_dynamic(dyn: DynamicViT, dataset: ImageDataset, n_images: int | None =
     }
 
 
+_PROCESS_LOADS = [0]  # backbones loaded by this process, all RewardWorkers together
+
+
 class RewardWorker:
     """Trains and scores individuals of one reward-weighting search; loads the backbone once.
 
@@ -142,6 +145,7 @@ class RewardWorker:
             self._device = resolve_device(self.config.device)
             self._backbone = search_backbone(self.config.env_kwargs, self._device)
             self.backbone_loads += 1
+            _PROCESS_LOADS[0] += 1
         return self._backbone
 
     def dataset(self, split: str) -> ImageDataset:
@@ -165,7 +169,8 @@ class RewardWorker:
 
         Returns:
             ``index``, ``seed``, the scores of :func:`score_dynamic` on ``val``, ``train_seconds``,
-            ``worker`` (host:pid), ``backbone_loads`` and ``policy`` (a :func:`policy_payload`).
+            ``worker`` (host:pid), ``backbone_loads`` (backbones this process has loaded so far) and
+            ``policy`` (a :func:`policy_payload`).
         """
         from agents import SB3VecEnv, export_policy, make_agent
 
@@ -194,7 +199,7 @@ class RewardWorker:
             **scores,
             "train_seconds": seconds,
             "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "backbone_loads": self.backbone_loads,
+            "backbone_loads": _PROCESS_LOADS[0],
             "policy": policy_payload(policy),
         }
 

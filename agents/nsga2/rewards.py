@@ -140,7 +140,8 @@ def search_rewards(
     device: str = "auto",
     budget_steps: int = 60_000,
     algo: str = "ppo",
-    val_images: int = 2000,
+    val_images: int | None = 2000,
+    test_images: int | None = None,
     dask_scheduler: str | None = None,
     n_workers: int = 2,
     threads_per_worker: int = 1,
@@ -160,7 +161,8 @@ def search_rewards(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the workers' training and scoring.
         budget_steps: Environment steps per individual (rounded up to whole rollouts by the agent).
         algo: Agent name (see ``agents.ALGOS``) or ``"module:Class"``; its policy must be exportable.
-        val_images: First images of ``val`` every individual is scored on.
+        val_images: First images of ``val`` every individual is scored on (None: all).
+        test_images: First images of ``test`` the front is scored on (None: the env's ``num_images``, else all).
         dask_scheduler: Address of a running Dask scheduler (``"tcp://host:8786"``); ``None``: a local cluster.
         n_workers: Local cluster worker processes; ``0`` evaluates serially in this process (no Dask needed).
         threads_per_worker: torch threads per worker (each worker runs one individual at a time).
@@ -192,8 +194,9 @@ def search_rewards(
     from pymoo.operators.sampling.rnd import FloatRandomSampling
 
     out = Path(out_dir)
-    _check_sizes(pop_size=pop_size, n_gen=n_gen, budget_steps=budget_steps, val_images=val_images, num_envs=num_envs,
-                 threads_per_worker=threads_per_worker)  # fmt: skip
+    images = {k: v for k, v in (("val_images", val_images), ("test_images", test_images)) if v is not None}
+    _check_sizes(pop_size=pop_size, n_gen=n_gen, budget_steps=budget_steps, num_envs=num_envs,
+                 threads_per_worker=threads_per_worker, **images)  # fmt: skip
     if n_workers < 0:
         raise ValueError(f"n_workers must be >= 0 (0 = serial in this process), got {n_workers}")
     variables = search_variables(algo)
@@ -211,7 +214,7 @@ def search_rewards(
             f"{str(out)!r} already holds models of a reward search ({len(stale)} in {MODELS_DIR}/); "
             "give a new out_dir or delete that folder first"
         )
-    config = WorkerConfig(dict(kwargs), algo, int(budget_steps), int(num_envs), int(val_images), int(threads_per_worker),
+    config = WorkerConfig(dict(kwargs), algo, int(budget_steps), int(num_envs), val_images, int(threads_per_worker),
                           device, dict(agent_kwargs or {}))  # fmt: skip
     state = _SearchState(out, env_id, variables, config, seed)
     state.backbone()  # fails fast (missing backbone file, wrong dataset) before any cluster starts
@@ -233,7 +236,7 @@ def search_rewards(
             if callback is not None:
                 callback(generation, front.copy())
         front = state.front()
-        test = runner.score([state.payloads[i] for i in front["individual"]], "test", kwargs.get("num_images"))
+        test = runner.score([state.payloads[i] for i in front["individual"]], "test", test_images or kwargs.get("num_images"))
         front["top1_test"] = [s["top1"] for s in test]
         front["executed_frac_test"] = [s["executed_frac"] for s in test]
         return state.write(front)

@@ -74,8 +74,8 @@ def test_search_on_a_two_worker_local_dask_cluster(tmp_path: Path, micro_file: s
     check_front(out, front)
     evals = read_front(out / "evaluations.parquet")
     assert len(evals) == 8 and evals["individual"].tolist() == list(range(8))
-    # The model and data are loaded once per worker process, never shipped with a task.
-    assert evals["worker"].nunique() <= 2 and (evals["backbone_loads"] == 1).all()
+    # The model and data are loaded once per worker process (a counter per process), never shipped with a task.
+    assert (evals["backbone_loads"] == 1).all()
     # 8 training tasks (an index, a seed, 3 values) and a test-score task per front member (its trained policy, not the ViT).
     assert len(shipped) == 8 + len(front) and max(shipped[:8]) < 1_000
     policy_bytes = len(pickle.dumps(rw.policy_payload(DynamicViT.load(out / front["model"][0]).policy)))
@@ -97,7 +97,8 @@ def test_same_seed_same_search_other_seed_other_individuals(tmp_path: Path, micr
     other = search_rewards(**{**kw, "n_gen": 1, "seed": 1}, out_dir=tmp_path / "c", n_workers=0)
     c = read_front(tmp_path / "c" / "evaluations.parquet")
     assert not np.allclose(c["compute_weight"], a["compute_weight"][: len(c)])
-    assert len(other) >= 1
+    front_of_c = c[non_dominated(c, ("error", "executed_frac")).to_numpy()]  # the front is that search's own
+    assert sorted(other["individual"]) == sorted(front_of_c["individual"])
 
 
 def test_ctrl_c_writes_the_current_front_and_reraises(tmp_path: Path, micro_file: str, monkeypatch) -> None:
