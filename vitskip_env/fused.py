@@ -77,7 +77,7 @@ class FusedDecision(nn.Module):
         self.register_buffer("b_margin", b_margin, persistent=False)
         self.hidden = hidden  # the policy's own modules (not registered twice)
         self._np: dict[str, np.ndarray | float] | None = None  # NumPy copies of the buffers, made on first use
-        self._versions = _versions(policy)
+        self._weights = weights_key(policy)
         scale = float(w_margin.abs().sum() + b_margin.abs())
         #: Margins within this distance of zero are re-decided exactly (~1e4 x the folding's rounding error).
         self.tol = 1e-4 * (1.0 + scale)
@@ -98,7 +98,7 @@ class FusedDecision(nn.Module):
 
     def is_stale(self, policy: SkipPolicy) -> bool:
         """Whether ``policy``'s weights changed in place since the fold (an optimiser step, ``load_state_dict``...)."""
-        return _versions(policy) != self._versions
+        return weights_key(policy) != self._weights
 
     @property
     def has_host_path(self) -> bool:
@@ -221,6 +221,12 @@ class FusedDecision(nn.Module):
         return torch.addmv(self.b_margin, h, self.w_margin)
 
 
-def _versions(policy: SkipPolicy) -> tuple[int, ...]:
-    """In-place modification counters of the policy's tensors (torch bumps them on every in-place write)."""
-    return tuple(t._version for t in (*policy.parameters(), *policy.buffers()))
+def weights_key(module: nn.Module) -> tuple:
+    """What identifies a module's current weights: each parameter's and buffer's identity, storage and
+    in-place version counter (an optimiser step, ``load_state_dict`` or a replaced tensor changes it).
+
+    Writes through ``.data`` bypass the counter and are not seen. Inference tensors have no counter:
+    they count by identity and storage only.
+    """
+    return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version)
+                 for t in (*module.parameters(), *module.buffers()))  # fmt: skip

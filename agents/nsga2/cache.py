@@ -20,13 +20,14 @@ prefix is shared by more subsets, so it is worth more.
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from collections import OrderedDict
 from collections.abc import Hashable
 
 import torch
+
+from vitskip_env.fused import weights_key
 
 from .trie import State
 
@@ -39,8 +40,7 @@ def fingerprint(*parts: object) -> tuple:
     out: list[Hashable] = []
     for part in parts:
         if isinstance(part, torch.nn.Module):
-            tensors = itertools.chain(part.parameters(), part.buffers())
-            out.append((id(part), tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)))
+            out.append((id(part), weights_key(part)))
         elif isinstance(part, torch.Tensor):  # an inference tensor has no version counter
             version = None if part.is_inference() else part._version
             out.append((part.data_ptr(), version, tuple(part.shape), part.dtype, part.device))

@@ -149,3 +149,19 @@ def test_forward_at_a_tie_takes_the_exact_decision(micro: tuple, batch: int) -> 
         dyn.fused = None
         _, ref_mask = dyn(x[:batch], return_mask=True)
     assert not ref_mask[:, 0].any() and torch.equal(mask, ref_mask)
+
+
+def test_a_policy_built_under_inference_mode_folds_and_a_changed_one_refolds(micro: tuple) -> None:
+    vit, x = micro
+    with torch.inference_mode():  # e.g. DynamicViT.load inside inference mode: tensors without version counters
+        dyn = DynamicViT(vit, agent_like_policy(vit)).eval()
+        logits, mask = dyn(x, return_mask=True)
+    exact = DynamicViT(vit, agent_like_policy(vit)).eval()
+    with torch.inference_mode():
+        ref_logits, ref_mask = exact(x, return_mask=True)
+    assert torch.equal(mask, ref_mask) and torch.allclose(logits, ref_logits, atol=1e-5)
+    with torch.no_grad():  # a replaced weight must not reuse the old fold
+        last = exact.policy.net[-1]
+        last.bias = nn.Parameter(last.bias + torch.tensor([0.0, 1e3]))
+        _, all_run = exact(x, return_mask=True)
+    assert all_run.all()
