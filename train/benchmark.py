@@ -157,7 +157,6 @@ def main(args: Args) -> Path:
             )
         model_file = run_dir / "dynamic_vit.safetensors"
     dyn = DynamicViT.load(model_file, device=device)
-    dyn.backbone.to(dtype)
     dataset = args.dataset or gym.spec(dyn.meta.get("env", "ViTSkip-Shapes-v0")).kwargs.get("dataset", "shapes")
     test = make_dataset(dataset, "test", args.data_root, False, device)
     out = (
@@ -168,7 +167,8 @@ def main(args: Args) -> Path:
     print(f"benchmark of {model_file} on {dataset} test ({len(test)} images), {device} {args.dtype}, "
           f"{torch.get_num_threads()} threads -> {out}")  # fmt: skip
 
-    subset = resolve_subset(args, dyn, dataset, device)
+    subset = resolve_subset(args, dyn, dataset, device)  # chosen in float32, on val, before the cast
+    dyn.backbone.to(dtype)
     acc = accuracy_table(dyn, test, subset=subset, limit=args.top1_images, seed=args.seed, dtype=dtype)
     for name, a in acc.items():
         print(f"  {name:14s} top-1 {a['top1']:6.2f}%  blocks {a['executed_blocks']:.2f}")

@@ -5,8 +5,9 @@ Four contenders run the same backbone on the same real test images:
 - ``static``: every block (the unmodified timm forward);
 - ``dynamic``: the ``DynamicViT`` (its policy's cost included: observation, network, rule, gather);
 - ``random``: random skipping at the same depth: each image executes exactly as many blocks as
-  the policy gave it, chosen uniformly at random (seeded). Its masks are precomputed, so its speed
-  is also what the dynamic model would reach with a free oracle: the gap is the policy's cost;
+  the policy gave it, chosen uniformly at random (seeded; blocks the policy always runs may be
+  skipped). Its masks are precomputed, so it costs no decisions; its per-block batch sizes differ
+  from the policy's, so the speed gap to it only roughly measures the policy's cost;
 - ``static_subset``: one fixed subset of blocks for every image (e.g. the best subset of that depth
   from the NSGA-II layer search), run as a shorter ViT.
 

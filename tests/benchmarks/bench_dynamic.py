@@ -124,4 +124,4 @@ def test_decision_overhead_per_block() -> None:
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     atomic_write_text(RESULTS / "dynamic_decision.md", text)
-    assert all(r["decision_us"] > 0 for _, r in rows)
+    assert all(r["blocks"] < vit.depth for _, r in rows)  # the timed models really skip blocks

@@ -81,3 +81,14 @@ def test_arch_mode_measures_a_random_weight_geometry(tmp_path: Path) -> None:
     dyn = frame[frame["model"] == "dynamic"]
     assert dyn["executed_blocks"].between(0.5, 3.5).all()  # calibrated near half of the 4 blocks
     assert "48x48" in (out / "benchmark.md").read_text() and (out / "benchmark.png").is_file()
+
+
+def test_bf16_with_the_automatic_subset(tmp_path: Path, model_file: Path) -> None:
+    out = tmp_path / "bf16"
+    cmd = [sys.executable, "train/benchmark.py", "--model", str(model_file), "--dtype", "bf16", "--batch-sizes", "8",
+           "--rounds", "1", "--images-per-round", "16", "--top1-images", "64", "--val-images", "64", "--threads", "1",
+           "--no-memory", "--no-malloc-tuning", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the subset is chosen in float32, then the backbone is cast
+    frame = pd.read_parquet(out / "benchmark.parquet")
+    assert (frame["dtype"] == "bf16").all() and set(frame["model"]) == {"static", "dynamic", "random", "static_subset"}
