@@ -116,3 +116,22 @@ def write_mini_tiny(root: Path) -> dict:
         lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return {"root": root, "val": val}
+
+
+DAMAGES = ("truncated", "emptied", "flipped")
+
+
+def damage(path: Path, how: str) -> None:
+    """Damage a file the ways disks and interrupted writes do: ``truncated`` to half its size,
+    ``emptied`` to zero bytes, or 16 bytes in its middle ``flipped`` (every bit inverted)."""
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "emptied":
+        raw = bytearray()
+    elif how == "flipped":
+        mid = len(raw) // 2
+        raw[mid : mid + 16] = bytes(b ^ 0xFF for b in raw[mid : mid + 16])
+    else:
+        raise ValueError(f"how must be one of {DAMAGES}, got {how!r}")
+    path.write_bytes(bytes(raw))

@@ -42,11 +42,18 @@ class ImageDataset:
         name: Registered dataset name (``"shapes"``, ``"cifar100"``, ...).
         split: ``"train"``, ``"val"`` or ``"test"``.
         images: ``uint8`` tensor ``(N, 3, H, W)``.
-        labels: ``int64`` tensor ``(N,)``.
+        labels: ``int64`` tensor ``(N,)`` of class indices in ``[0, len(classes))`` (any integer
+            dtype is accepted and converted).
         classes: Class names, ``len(classes)`` is the number of classes.
         mean: Per-channel mean used by :meth:`normalize` (in [0, 1] units).
         std: Per-channel standard deviation used by :meth:`normalize`.
         difficulty: ``float32`` tensor ``(N,)`` in [0, 1] where the dataset knows it, else ``None``.
+
+    Raises:
+        TypeError: ``images`` or ``labels`` is not a tensor.
+        ValueError: The construction breaks the contract above (wrong dtype or shape, lengths that
+            differ, a label outside the classes, a difficulty of another length or outside [0, 1]);
+            the message names the dataset and the fix.
     """
 
     name: str
@@ -61,11 +68,44 @@ class ImageDataset:
     _shift: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W); got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be ({self.images.shape[0]},); got {tuple(self.labels.shape)}")
-        self.labels = self.labels.to(torch.int64)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check the documented contract once, so a bad custom loader fails here and not mid-episode."""
+        where = f"dataset {self.name!r} ({self.split} split)"
+        for attr in ("images", "labels"):
+            if not isinstance(getattr(self, attr), torch.Tensor):
+                raise TypeError(f"{where}: {attr} must be a torch.Tensor, got {type(getattr(self, attr)).__name__}")
+        images, labels = self.images, self.labels
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"{where}: images must be uint8 (N, 3, H, W); got {images.dtype} {tuple(images.shape)} "
+                "(convert float images with (x * 255).round().to(torch.uint8), HWC ones with .permute(0, 3, 1, 2))"
+            )
+        n = images.shape[0]
+        if labels.shape != (n,):
+            raise ValueError(f"{where}: labels must have shape ({n},) to match {n} images; got {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"{where}: labels must be integer class indices (int64); got {labels.dtype}")
+        if len(self.classes) < 1:
+            raise ValueError(f"{where}: classes must name at least one class; got {list(self.classes)!r}")
+        self.labels = labels = labels.to(torch.int64)
+        if n:
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= len(self.classes):
+                raise ValueError(
+                    f"{where}: labels must be in [0, {len(self.classes)}) for its {len(self.classes)} classes; "
+                    f"got labels {lo}..{hi}: list every class in `classes` or remap the labels"
+                )
+        if self.difficulty is not None:
+            diff = self.difficulty
+            if not isinstance(diff, torch.Tensor) or diff.shape != (n,) or not diff.dtype.is_floating_point:
+                got = f"{diff.dtype} {tuple(diff.shape)}" if isinstance(diff, torch.Tensor) else type(diff).__name__
+                raise ValueError(f"{where}: difficulty must be a float tensor of shape ({n},) or None; got {got}")
+            if n and not bool(((diff >= 0) & (diff <= 1)).all()):  # also rejects NaN
+                raise ValueError(
+                    f"{where}: difficulty must lie in [0, 1]; got values {float(diff.min())}..{float(diff.max())}"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -135,6 +175,13 @@ def cache_dir() -> Path:
     return base / "vitskip"
 
 
+class DatasetDownloadError(OSError):
+    """``download=True`` could not fetch a dataset (offline, HTTP error, damaged archive).
+
+    The message names the URL, the folder where the data was looked for and how to place it by hand.
+    """
+
+
 Loader = Callable[[str, Path, bool], ImageDataset]
 _LOADERS: dict[str, Loader] = {}
 _CACHE: dict[tuple, ImageDataset] = {}
@@ -187,6 +234,7 @@ def make_dataset(
     Raises:
         ValueError: Unknown name or split (the message lists the valid ones).
         FileNotFoundError: A real dataset is missing (the message names the folder and the fix).
+        DatasetDownloadError: ``download=True`` failed (the message says where to put the files by hand).
     """
     key_name = name.lower().replace("-", "").replace("_", "")
     if key_name not in _LOADERS:

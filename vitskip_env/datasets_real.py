@@ -9,18 +9,21 @@ unless ``download=True``.
 from __future__ import annotations
 
 import hashlib
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._io import atomic_path
+from ._npz import CacheError, read_npz, write_npz
 from .data import (
     CIFAR_MEAN,
     CIFAR_STD,
     HALF,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    DatasetDownloadError,
     ImageDataset,
     _hwc_to_tensor,
     cache_dir,
@@ -34,9 +37,20 @@ DIGITS_SIZE = 32
 DIGITS_TRAIN_FRACTION = 0.8
 
 _FETCH_HINT = (
-    "To fetch it, call make_dataset({name!r}, download=True) or pass --download to the training scripts; "
-    "if it is already on disk elsewhere, set $VITSKIP_DATA or pass data_root to the folder that contains {folder}/."
+    "To fetch it, pass download=True to the environment (gym.make(env_id, download=True)) or to "
+    "make_dataset({name!r}, download=True), or --download to the training scripts; if it is already on disk "
+    "elsewhere, set $VITSKIP_DATA or pass data_root (--data-root) to the folder that contains {folder}/."
 )
+
+
+def _download_failed(name: str, url: str, root: Path, folder: str, err: BaseException) -> DatasetDownloadError:
+    """The one-line error for a failed ``download=True``: what failed, where we looked, how to place it by hand."""
+    return DatasetDownloadError(
+        f"Downloading {name} from {url} failed ({type(err).__name__}: {err}). The data was looked for in "
+        f"{root / folder}. Check the network and retry, or fetch {url} on another machine and extract it into "
+        f"{root} so that {root / folder}/ exists (or point $VITSKIP_DATA / data_root at a folder holding {folder}/), "
+        "then load it without download=True."
+    )
 
 
 # --------------------------------------------------------------------------------------------- CIFAR
@@ -50,11 +64,21 @@ def _load_cifar(name: str, class_name: str, folder: str, split: str, root: Path,
     except RuntimeError as err:
         if "not found or corrupted" not in str(err):
             raise
+        if download:  # torchvision downloaded (or found) the archive, but it or its extraction is bad
+            raise FileNotFoundError(
+                f"{name} ({split} split) is still missing or corrupted after download=True: looked for {root / folder}. "
+                f"The archive {root / cls.filename} may be damaged (an interrupted download): delete it and "
+                f"{root / folder}/, then retry."
+            ) from err
         raise FileNotFoundError(
             f"{name} ({split} split) not found or corrupted: looked for {root / folder} "
             f"(root {root}, expected subfolder {folder}/ with torchvision's pickled batches). "
             + _FETCH_HINT.format(name=name, folder=folder)
         ) from err
+    except OSError as err:  # urllib's URLError and HTTPError are OSErrors; so are socket and TLS errors
+        if not download:
+            raise
+        raise _download_failed(name, cls.url, root, folder, err) from err
     images = _hwc_to_tensor(np.asarray(tv.data, dtype=np.uint8))
     labels = torch.as_tensor(np.asarray(tv.targets, dtype=np.int64))
     return ImageDataset(name, split, images, labels, [str(c) for c in tv.classes], CIFAR_MEAN, CIFAR_STD)
@@ -79,9 +103,7 @@ def _load_tinyimagenet(split: str, root: Path, download: bool) -> ImageDataset:
     """
     base = root / TINY_FOLDER
     if download and not (base / "wnids.txt").is_file():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(TINY_URL, download_root=str(root))
+        _download_tinyimagenet(root)
     if not (base / "wnids.txt").is_file():
         raise FileNotFoundError(
             f"tinyimagenet not found: expected {base} with wnids.txt, train/ and val/ (root {root}). "
@@ -95,9 +117,9 @@ def _load_tinyimagenet(split: str, root: Path, download: bool) -> ImageDataset:
     cache = cache_dir() / "decoded" / f"tinyimagenet-{split}-{digest}.npz"
     images = _read_decoded(cache, labels)
     if images is None:
-        images = _decode_images(files, TINY_SIZE)
-        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz"
-            np.savez(fh, images=images, labels=labels)
+        fix = f"re-extract {TINY_FOLDER}.zip into {root}, or delete {base} and load it again with download=True"
+        images = _decode_images(files, TINY_SIZE, fix)
+        write_npz(cache, {"images": images, "labels": labels})
     return ImageDataset(
         "tinyimagenet",
         split,
@@ -107,6 +129,23 @@ def _load_tinyimagenet(split: str, root: Path, download: bool) -> ImageDataset:
         IMAGENET_MEAN,
         IMAGENET_STD,
     )
+
+
+def _download_tinyimagenet(root: Path) -> None:
+    """Fetch and extract the Tiny-ImageNet zip into ``root`` with torchvision's downloader."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    archive = root / TINY_URL.rsplit("/", 1)[-1]
+    try:
+        download_and_extract_archive(TINY_URL, download_root=str(root))
+    except zipfile.BadZipFile as err:  # torchvision reuses any file already at `archive`, even a partial one
+        raise DatasetDownloadError(
+            f"The Tiny-ImageNet archive {archive} is damaged ({err}), probably an interrupted download: "
+            "delete it and retry with download=True, or extract a good copy of it into "
+            f"{root} so that {root / TINY_FOLDER}/ exists."
+        ) from err
+    except OSError as err:  # urllib's URLError and HTTPError are OSErrors; so are socket and TLS errors
+        raise _download_failed("tinyimagenet", TINY_URL, root, TINY_FOLDER, err) from err
 
 
 def _read_wnids(base: Path) -> list[str]:
@@ -168,16 +207,24 @@ def _tiny_class_names(base: Path, wnids: list[str]) -> list[str]:
     return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids, strict=True)]
 
 
-def _decode_images(files: list[Path], size: int) -> np.ndarray:
-    """Decode image files to ``uint8 (N, size, size, 3)`` RGB, resizing any odd-sized file (bilinear)."""
+def _decode_images(files: list[Path], size: int, fix: str) -> np.ndarray:
+    """Decode image files to ``uint8 (N, size, size, 3)`` RGB, resizing any odd-sized file (bilinear).
+
+    Raises:
+        FileNotFoundError: A listed file is missing.
+        OSError: A file cannot be decoded (truncated, damaged); the message names it and ``fix``.
+    """
     from PIL import Image
 
     out = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(files):
         if not path.is_file():
-            raise FileNotFoundError(f"image listed in the dataset is missing: {path}; re-extract {TINY_FOLDER}.zip")
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
+            raise FileNotFoundError(f"image listed in the dataset is missing: {path}; {fix}")
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")  # decodes: a truncated file fails here, not at open
+        except (OSError, ValueError, SyntaxError) as err:
+            raise OSError(f"cannot decode image {path} ({type(err).__name__}: {err}); the file is damaged: {fix}") from err
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(rgb, dtype=np.uint8)
@@ -185,20 +232,26 @@ def _decode_images(files: list[Path], size: int) -> np.ndarray:
 
 
 def _read_decoded(cache: Path, labels: np.ndarray) -> np.ndarray | None:
-    """The cached decoded images if the cache exists and matches ``labels``, else ``None``."""
+    """The cached decoded images if the cache exists and matches ``labels``, else ``None``.
+
+    A cache that exists but is damaged or holds other images is reported (``RuntimeWarning``
+    naming it) and decoded again; it is never unpickled.
+    """
     if not cache.is_file():
         return None
+    n = labels.shape[0]
     try:
-        with np.load(cache) as data:
-            images, cached_labels = data["images"], data["labels"]
-    except (OSError, ValueError, KeyError):  # truncated or foreign file: decode again
+        arrays = read_npz(cache, {"images": (np.uint8, (n, TINY_SIZE, TINY_SIZE, 3)), "labels": (np.int64, (n,))})
+        if not np.array_equal(arrays["labels"], labels):
+            raise CacheError("its labels differ from the dataset folder's")
+    except CacheError as err:
+        warnings.warn(
+            f"decoded-image cache {cache} cannot be used ({err}); decoding the images again", RuntimeWarning, stacklevel=3
+        )
         return None
-    if images.shape[0] != labels.shape[0] or not np.array_equal(cached_labels, labels):
-        return None
-    return images
+    return arrays["images"]
 
 
-# -------------------------------------------------------------------------------------------- digits
 @register_dataset("digits")
 def _load_digits(split: str, root: Path, download: bool) -> ImageDataset:
     """scikit-learn's bundled 8x8 digits (offline), upsampled to 32x32 RGB; fixed 80/20 split."""

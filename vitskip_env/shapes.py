@@ -22,14 +22,17 @@ result is cached in memory and on disk (``cache_dir()/shapes``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import atomic_path
+from ._npz import CacheError, read_npz, write_npz
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
@@ -200,28 +203,56 @@ def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``.
         n: Number of images (default: the split's standard size).
-        use_disk_cache: Read/write ``cache_dir()/shapes/*.npz`` (atomic writes).
+        use_disk_cache: Read/write ``cache_dir()/shapes/*.npz`` (atomic writes). A cache file that is
+            damaged or does not hold exactly this split (length, dtypes, label range) is regenerated
+            with a ``RuntimeWarning`` naming it; cache files are never unpickled.
     """
     if split not in SPLIT_SIZES:
         raise ValueError(f"shapes split must be one of {sorted(SPLIT_SIZES)}, got {split!r}")
     n = SPLIT_SIZES[split] if n is None else n
+    if n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n}")
     seed = SPLIT_SEEDS[split]
     if not use_disk_cache:
         return render(n, seed)
     from .data import cache_dir
 
-    tag = hashlib.sha1(f"{GENERATOR_VERSION}-{n}-{seed}-{torch.__version__.split('+')[0]}".encode()).hexdigest()[:12]
-    path = cache_dir() / "shapes" / f"shapes-{split}-{n}-{tag}.npz"
+    path = cache_dir() / "shapes" / f"shapes-{split}-{n}-{_cache_tag(n, seed)}.npz"
     if path.exists():
         try:
-            with np.load(path) as z:
-                return z["images"], z["labels"], z["difficulty"]
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache is regenerated below
+            return _read_cache(path, n)
+        except CacheError as err:
+            warnings.warn(f"shapes cache {path} cannot be used ({err}); regenerating it", RuntimeWarning, stacklevel=2)
     images, labels, difficulty = render(n, seed)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, images=images, labels=labels, difficulty=difficulty)
-    except OSError:
-        pass  # a read-only cache folder only costs regeneration time
+    with contextlib.suppress(OSError):  # a read-only cache folder only costs regeneration time
+        write_npz(path, {"images": images, "labels": labels, "difficulty": difficulty})
     return images, labels, difficulty
+
+
+def _cache_tag(n: int, seed: int) -> str:
+    """Hash of everything the rendered pixels depend on, so a stale cache file is never even opened."""
+    key = f"{GENERATOR_VERSION}-{n}-{seed}-{torch.__version__.split('+')[0]}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cached split if ``path`` holds exactly what :func:`render` returns for ``n`` images.
+
+    Raises:
+        CacheError: Unreadable, wrong dtype or length, labels outside the classes, or a difficulty
+            outside [0, 1].
+    """
+    z = read_npz(
+        path,
+        {
+            "images": (np.uint8, (n, 3, IMAGE_SIZE, IMAGE_SIZE)),
+            "labels": (np.int64, (n,)),
+            "difficulty": (np.float32, (n,)),
+        },
+    )
+    labels, difficulty = z["labels"], z["difficulty"]
+    if labels.min() < 0 or labels.max() >= len(SHAPE_CLASSES):
+        raise CacheError(f"labels span {labels.min()}..{labels.max()}; expected 0..{len(SHAPE_CLASSES) - 1}")
+    if not ((difficulty >= 0.0) & (difficulty <= 1.0)).all():  # also rejects NaN
+        raise CacheError("difficulty has values outside [0, 1]")
+    return z["images"], labels, difficulty

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,11 +46,13 @@ def test_disk_cache_is_written_atomically_and_reused(monkeypatch: pytest.MonkeyP
     assert all(np.array_equal(x, y) for x, y in zip(first, second, strict=True))
 
 
-def test_damaged_cache_is_regenerated() -> None:
+def test_damaged_cache_is_regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITSKIP_HOME", str(tmp_path))  # damage a private copy, not the shared test cache
     first = shapes.generate_split("test", n=80)
     (path,) = _cache_dir().glob("shapes-test-80-*.npz")
     path.write_bytes(b"not a zip file")
-    assert np.array_equal(shapes.generate_split("test", n=80)[0], first[0])
+    with pytest.warns(RuntimeWarning, match="cannot be used"):
+        assert np.array_equal(shapes.generate_split("test", n=80)[0], first[0])
 
 
 def test_difficulty_tracks_what_the_image_looks_like() -> None:
