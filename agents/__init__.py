@@ -171,7 +171,11 @@ def _gymnasium_env(env: Any, name: str) -> Any:
 
 
 def load_agent(name: str, path: str | os.PathLike, env: Any = None, **kwargs: Any) -> Any:
-    """Load a saved agent: ``cls.load(path, env=env, **kwargs)`` for an :data:`ALGOS` name or ``"module:Class"``."""
+    """Load a saved agent: ``cls.load(path, env=env, **kwargs)`` for an :data:`ALGOS` name or ``"module:Class"``.
+
+    SB3's ``model.zip`` holds pickles, which run code when loaded: load only files you trust. To
+    continue training, use :func:`agents.checkpoint.load_checkpoint` (nothing is unpickled).
+    """
     _, cls = resolve_algo(name)
     if env is not None and not (inspect.isclass(cls) and issubclass(cls, BaseAlgorithm)):
         env = _gymnasium_env(env, name)

@@ -4,9 +4,11 @@
   on the test split (deterministic policy, each image once) -> ``vitskip/top1``,
   ``vitskip/executed_blocks``, ``vitskip/block_<i>_rate``... in the SB3 logger (TensorBoard, CSV);
   the best model so far is saved.
-* :class:`SkipCheckpointCallback` / :func:`save_checkpoint` / :func:`load_checkpoint`: the model,
-  the ``VecNormalize`` statistics and the replay buffer (off-policy) in one folder, written
-  atomically, and loaded back for ``--resume``.
+* :class:`SkipCheckpointCallback`: resumable checkpoints at rollout boundaries in the safe format
+  of :mod:`agents.checkpoint` (:func:`save_checkpoint` / :func:`load_checkpoint`, re-exported here).
+* :func:`save_model`: SB3's own ``model.zip`` (+ ``*_vecnormalize.pkl``) for SB3 users. Those files
+  hold pickles, which run code when loaded: load them only from folders you trust. Resuming never
+  reads them.
 
 Both also work with :class:`~agents.reinforce.Reinforce` (it exposes what callbacks use:
 ``num_timesteps``, ``logger``, ``get_env``, ``predict``, ``save``).
@@ -17,20 +19,31 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
 from torch import nn
 
 from vitskip_env._io import atomic_path, atomic_write_text
 
+from .checkpoint import CHECKPOINT_META, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_agent, make_eval_env
 
-CHECKPOINT_META = "checkpoint.json"
+__all__ = [
+    "CHECKPOINT_META",
+    "LOGGED_KEYS",
+    "SkipCheckpointCallback",
+    "SkipEvalCallback",
+    "load_checkpoint",
+    "model_filename",
+    "save_checkpoint",
+    "save_model",
+]
+
 #: Evaluation results logged as ``vitskip/<key>`` (plus ``vitskip/block_<i>_rate``).
 LOGGED_KEYS = (
     "top1",
@@ -49,7 +62,12 @@ def model_filename(model: Any, name: str = "model") -> str:
 
 
 def save_model(model: Any, directory: str | os.PathLike, name: str = "model") -> list[str]:
-    """Save ``model`` and its ``VecNormalize`` statistics (``<name>_vecnormalize.pkl``) atomically; returns the file names."""
+    """Save ``model`` and its ``VecNormalize`` statistics (``<name>_vecnormalize.pkl``) atomically; returns the file names.
+
+    An export for Stable-Baselines3 users (``PPO.load``): these files hold pickles, which run code
+    when loaded, so load them only from folders you trust. Checkpoints for resuming are written by
+    :func:`save_checkpoint` instead.
+    """
     directory = Path(directory)
     files = [model_filename(model, name)]
     with atomic_path(directory / files[0]) as tmp:
@@ -66,91 +84,84 @@ def save_model(model: Any, directory: str | os.PathLike, name: str = "model") ->
     return files
 
 
-def save_checkpoint(model: Any, directory: str | os.PathLike) -> Path:
-    """Everything needed to resume training, in ``directory`` (overwriting the previous checkpoint).
-
-    Writes ``model.zip`` / ``model.pt``, ``model_vecnormalize.pkl`` (with ``VecNormalize``),
-    ``replay_buffer.pkl`` (off-policy algorithms) and, last, ``checkpoint.json`` (algorithm class,
-    ``num_timesteps``, files). Each file is replaced atomically, so an interrupted save keeps the
-    previous checkpoint readable.
-
-    Returns:
-        The path of ``checkpoint.json``.
-    """
-    directory = Path(directory)
-    files = save_model(model, directory)
-    if getattr(model, "replay_buffer", None) is not None and hasattr(model, "save_replay_buffer"):
-        files.append("replay_buffer.pkl")
-        with atomic_path(directory / files[-1]) as tmp:
-            model.save_replay_buffer(tmp)
-    cls = type(model)
-    meta = {"algo": f"{cls.__module__}:{cls.__qualname__}", "num_timesteps": int(model.num_timesteps), "files": files}
-    atomic_write_text(directory / CHECKPOINT_META, json.dumps(meta, indent=2) + "\n")
-    return directory / CHECKPOINT_META
-
-
-def load_checkpoint(directory: str | os.PathLike, env: Any = None, **load_kwargs: Any) -> Any:
-    """Load what :func:`save_checkpoint` wrote, ready for ``model.learn(rest, reset_num_timesteps=False)``.
-
-    Args:
-        directory: The checkpoint folder.
-        env: The training env built as for the original run, *without* ``VecNormalize``: if the
-            checkpoint has ``VecNormalize`` statistics, the env is wrapped with them here.
-        **load_kwargs: Passed to the class's ``load`` (``device``...).
-    """
-    from . import load_agent  # deferred: agents/__init__ imports this module
-
-    directory = Path(directory)
-    meta_path = directory / CHECKPOINT_META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {directory} (missing {CHECKPOINT_META}); nothing to resume")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    files = set(meta["files"])
-    if "model_vecnormalize.pkl" in files and env is not None:
-        if isinstance(env, VecEnv) and unwrap_vec_normalize(env) is not None:
-            raise ValueError("pass the env without VecNormalize: load_checkpoint restores it from the checkpoint")
-        env = VecNormalize.load(str(directory / "model_vecnormalize.pkl"), env)
-    model_file = next(f for f in meta["files"] if f.startswith("model."))
-    model = load_agent(meta["algo"], directory / model_file, env=env, **load_kwargs)
-    if "replay_buffer.pkl" in files and hasattr(model, "load_replay_buffer"):
-        model.load_replay_buffer(directory / "replay_buffer.pkl")
-    return model
-
-
 class SkipCheckpointCallback(BaseCallback):
-    """:func:`save_checkpoint` every ``save_freq`` environment steps (and at the end of training).
+    """:func:`~agents.checkpoint.save_checkpoint` every ``save_freq`` environment steps, at rollout boundaries.
+
+    Checkpoints are taken only between two updates (at the start of a rollout, and when training
+    ends), never in the middle of a rollout or an update, so that resuming one continues exactly
+    as the uninterrupted run would have. :meth:`request_stop` (e.g. from a SIGINT handler) makes
+    the next boundary write a checkpoint and stop training; :attr:`stopped` then holds.
 
     Args:
-        save_freq: Environment steps (transitions, all envs together) between checkpoints.
+        save_freq: Environment steps (transitions, all envs together) between checkpoints (the
+            first rollout boundary at or after each multiple).
         save_path: Checkpoint folder (the latest checkpoint only).
         save_on_end: Also save when training ends.
         verbose: 1 prints a line per checkpoint.
+        agent_kwargs: JSON-able arguments the agent was built with (recorded in the checkpoint).
+        extra_fn: ``() -> dict`` of more JSON to record with each checkpoint (e.g. time spent).
     """
 
-    def __init__(self, save_freq: int, save_path: str | os.PathLike, save_on_end: bool = True, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        save_freq: int,
+        save_path: str | os.PathLike,
+        save_on_end: bool = True,
+        verbose: int = 0,
+        agent_kwargs: dict[str, Any] | None = None,
+        extra_fn: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(verbose)
         if save_freq < 1:
             raise ValueError(f"save_freq must be >= 1 environment steps, got {save_freq}")
         self.save_freq, self.save_path, self.save_on_end = save_freq, Path(save_path), save_on_end
+        self.agent_kwargs, self.extra_fn = agent_kwargs, extra_fn
+        self.stop_requested = False
+        self.stopped = False
+        self.last_saved: int | None = None
+        self.unsupported = False
         self._next = save_freq
+
+    def request_stop(self) -> None:
+        """Save at the next rollout boundary (after the update in progress) and stop training there."""
+        self.stop_requested = True
 
     def _on_training_start(self) -> None:
         self._next = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
+    def _on_rollout_start(self) -> None:
+        if self.stopped:
+            return
+        if self.stop_requested:
+            self._save()
+            self.stopped = True
+        elif self.num_timesteps >= self._next:
             self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
             self._save()
-        return True
+
+    def _on_step(self) -> bool:
+        return not self.stopped
 
     def _on_training_end(self) -> None:
-        if self.save_on_end:
+        if self.stopped:
+            return
+        if self.save_on_end or self.stop_requested:
             self._save()
+        self.stopped = self.stop_requested  # a stop asked for during the last update still counts as an interruption
 
     def _save(self) -> None:
-        path = save_checkpoint(self.model, self.save_path)
+        if self.unsupported:
+            return
+        extra = self.extra_fn() if self.extra_fn is not None else None
+        try:
+            path = save_checkpoint(self.model, self.save_path, agent_kwargs=self.agent_kwargs, extra=extra)
+        except TypeError as err:  # an agent class the checkpoint format does not know: train on, without checkpoints
+            self.unsupported = True
+            warnings.warn(f"{err}; this run takes no checkpoints and cannot be resumed", stacklevel=2)
+            return
+        self.last_saved = int(self.model.num_timesteps)
         if self.verbose:
-            print(f"checkpoint at {self.num_timesteps} steps: {path.parent}")
+            print(f"checkpoint at {self.model.num_timesteps} steps: {path.parent}")
 
 
 class SkipEvalCallback(BaseCallback):

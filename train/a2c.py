@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import common  # noqa: F401  (puts the repository on sys.path)
 import tyro
-from rl import RLArgs, run
+from rl import RLArgs, main
 
 
 @dataclass
@@ -23,4 +23,4 @@ class Args(RLArgs):
 
 
 if __name__ == "__main__":
-    run(tyro.cli(Args))
+    main(tyro.cli(Args))

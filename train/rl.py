@@ -1,6 +1,8 @@
 """The RL training run shared by ``train/ppo.py``, ``train/a2c.py`` and ``train/reinforce.py``.
 
-Read top to bottom: build env -> build (or resume) agent -> learn (Ctrl-C saves a checkpoint) ->
+Read top to bottom: check every argument -> build env -> build (or resume) agent -> learn (checkpoints
+at rollout boundaries; Ctrl-C finishes the update in progress, checkpoints and exits 130, a second
+Ctrl-C stops at once keeping the previous checkpoint) ->
 export a ``DynamicViT`` -> evaluate it against the static backbone in the same process -> write the
 run directory (``args.yaml``, ``model.zip``/``.pt``, ``dynamic_vit.safetensors``, ``progress.csv`` +
 TensorBoard, ``eval.parquet``, ``summary.json``, ``summary.md``) -> the skip-pattern report (``report.md``,
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -74,7 +77,8 @@ class RLArgs:
     runs_dir: str = "runs"
     """where run directories are created"""
     resume: str | None = None
-    """continue the run in this directory (its args.yaml is used; nothing is lost)"""
+    """continue the run in this directory from its last checkpoint (its args.yaml is used; --total-timesteps extends
+    the budget; a module:Class algorithm must be given again with --algo)"""
     agent_kwargs: str = "{}"
     """JSON object of extra agent constructor arguments, e.g. '{"learning_rate": 1e-3}'"""
 
@@ -95,69 +99,206 @@ def env_kwargs(args: RLArgs) -> dict[str, Any]:
     return {**gym.spec(args.env).kwargs, **kw}
 
 
-def _resume_args(run_dir: Path) -> RLArgs:
-    saved = yaml.safe_load((run_dir / "args.yaml").read_text(encoding="utf-8"))
-    saved["speed_batch_sizes"] = tuple(saved["speed_batch_sizes"])
-    return RLArgs(**{**saved, "resume": str(run_dir)})
+#: Flags that may differ from a run's args.yaml on ``--resume`` (they do not change what is learnt).
+RESUME_CHANGEABLE = ("total_timesteps", "threads", "device", "data_root", "download", "final_eval_images", "speed_batch_sizes")
+
+
+class RunArgumentError(ValueError):
+    """A command-line argument (or a run directory's args.yaml) that cannot be used; the message says why."""
+
+
+def parse_agent_kwargs(text: str) -> dict[str, Any]:
+    """The ``--agent-kwargs`` JSON object as a dict (:class:`RunArgumentError` if it is not one)."""
+    try:
+        return common.parse_json_object(text, "--agent-kwargs", """'{"learning_rate": 0.001}'""")
+    except ValueError as err:
+        raise RunArgumentError(str(err)) from None
+
+
+def validate(args: RLArgs) -> dict[str, Any]:
+    """Check every argument before anything is created; returns the parsed ``--agent-kwargs``.
+
+    Raises:
+        RunArgumentError: The first unusable argument, named, with what is allowed.
+    """
+    import gymnasium as gym
+
+    import vitskip_env  # noqa: F401  (registers the ids)
+    from agents import resolve_algo
+
+    if args.env not in gym.registry:  # never gym.spec(...) first: it imports the module of a "module:Env" id
+        ids = sorted(k for k in gym.registry if k.startswith("ViTSkip"))
+        raise RunArgumentError(f"--env {args.env!r} is not a registered environment id; use one of {ids}")
+    positive = {"total_timesteps": args.total_timesteps, "num_envs": args.num_envs, "eval_freq": args.eval_freq,
+                "eval_images": args.eval_images, "checkpoint_freq": args.checkpoint_freq}  # fmt: skip
+    if args.final_eval_images is not None:
+        positive["final_eval_images"] = args.final_eval_images
+    if args.threads is not None:
+        positive["threads"] = args.threads
+    for name, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RunArgumentError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    sizes = args.speed_batch_sizes
+    if not sizes or any(not isinstance(b, int) or b < 1 for b in sizes):
+        raise RunArgumentError(f"--speed-batch-sizes must be one or more positive integers (e.g. 1 256), got {list(sizes)}")
+    try:
+        common.resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise RunArgumentError(f"--device: {err}") from None
+    try:
+        resolve_algo(args.algo)
+    except ValueError as err:
+        raise RunArgumentError(f"--algo: {err}") from None
+    try:
+        from vitskip_env.options import EnvOptions
+
+        EnvOptions(**{k: v for k, v in env_kwargs(args).items() if k != "backbone"}).validate()
+    except (TypeError, ValueError) as err:
+        raise RunArgumentError(f"invalid environment setting: {err}") from None
+    return parse_agent_kwargs(args.agent_kwargs)
+
+
+def _recorded_args(run_dir: Path) -> RLArgs:
+    path = run_dir / "args.yaml"
+    if not path.is_file():
+        raise RunArgumentError(f"--resume {run_dir}: no args.yaml there; pass a run directory made by train/*.py")
+    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    names = {f.name for f in dataclasses.fields(RLArgs)}
+    if not isinstance(saved, dict) or set(saved) - names:
+        extra = sorted(set(saved) - names) if isinstance(saved, dict) else saved
+        raise RunArgumentError(f"{path} is not the args.yaml of a run (unknown entries {extra!r}); it cannot be resumed")
+    saved["speed_batch_sizes"] = tuple(saved.get("speed_batch_sizes") or ())
+    return RLArgs(**saved)
+
+
+def resume_args(args: RLArgs) -> tuple[RLArgs, Path]:
+    """The arguments of the run ``args.resume`` continues: its args.yaml, with the flags given now checked.
+
+    A flag differing from its default is taken as given. ``--total-timesteps`` sets a new budget
+    (not below the steps already done); the flags of :data:`RESUME_CHANGEABLE` replace the recorded
+    ones; any other given flag must equal the recorded value. A run of a ``module:Class`` algorithm
+    needs ``--algo module:Class`` again: no module named by a file is imported.
+
+    Raises:
+        RunArgumentError: A conflicting flag, an unusable args.yaml, or an algorithm not confirmed.
+    """
+    from agents import ALGOS
+
+    run_dir = Path(args.resume)
+    recorded = _recorded_args(run_dir)
+    try:
+        changes = common.changed_fields(args, recorded, type(args)(), RESUME_CHANGEABLE, ignore=("resume", "runs_dir"))
+    except ValueError as err:
+        raise RunArgumentError(str(err)) from None
+    if recorded.algo not in ALGOS and args.algo != recorded.algo:
+        raise RunArgumentError(f"the run trains algorithm {recorded.algo!r}, a module:Class: it is never imported from a "
+                               f"file, so name it yourself to resume: --algo {recorded.algo}")  # fmt: skip
+    merged = dataclasses.replace(recorded, **changes, resume=str(run_dir))
+    return merged, run_dir
+
+
+def _write_args(run_dir: Path, args: RLArgs) -> None:
+    record = _plain(dataclasses.asdict(args))
+    record.pop("resume")
+    atomic_write_text(run_dir / "args.yaml", yaml.safe_dump(record, sort_keys=False))
 
 
 def run(args: RLArgs) -> Path:
-    """Train, export, evaluate and report; returns the run directory."""
+    """Train, export, evaluate and report; returns the run directory.
+
+    Every argument is checked before the run directory is made (:func:`validate`); ``--resume``
+    continues a run from its last checkpoint (:func:`resume_args`, :mod:`agents.checkpoint`).
+    """
     from stable_baselines3.common.base_class import BaseAlgorithm
-    from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import VecMonitor
 
-    import vitskip_env  # noqa: F401  (registers the ids)
     from agents import SB3VecEnv, make_agent, resolve_algo
-    from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, load_checkpoint, save_checkpoint, save_model
+    from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, save_model
+    from agents.checkpoint import check_algo, read_checkpoint_meta, restore_checkpoint
+    from agents.run_logger import run_logger
 
+    meta = None
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "args.yaml").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no args.yaml there; pass a run directory made by train/*.py")
-        args = _resume_args(run_dir)
+        args, run_dir = resume_args(args)
+        agent_kwargs = validate(args)
+        ckpt_dir = run_dir / "checkpoint"
+        if (ckpt_dir / "checkpoint.json").is_file():
+            meta = read_checkpoint_meta(ckpt_dir)  # refuses an old (pickled) checkpoint before anything is built
+            check_algo(meta, args.algo)
+            done = int(meta["num_timesteps"])
+            if args.total_timesteps < done:
+                raise RunArgumentError(f"--total-timesteps {args.total_timesteps:,} is below the {done:,} steps the run "
+                                       f"has done; give at least {done:,}")  # fmt: skip
+        _write_args(run_dir, args)  # a new budget or machine settings are what the next resume starts from
     else:
-        run_dir = Path(args.runs_dir) / common.run_name(args.env, args.algo, args.seed)
-        run_dir.mkdir(parents=True, exist_ok=False)
-        atomic_write_text(run_dir / "args.yaml", yaml.safe_dump(_plain(dataclasses.asdict(args)), sort_keys=False))
+        agent_kwargs = validate(args)
+        run_dir = common.make_run_dir(Path(args.runs_dir), common.run_name(args.env, args.algo, args.seed))
+        _write_args(run_dir, args)
+        ckpt_dir = run_dir / "checkpoint"
     common.set_threads(args.threads)
     common.seed_everything(args.seed)
     kwargs = env_kwargs(args)
-    ckpt_dir = run_dir / "checkpoint"
 
     _, algo_cls = resolve_algo(args.algo)
     env = SB3VecEnv(num_envs=args.num_envs, **kwargs)
     if isinstance(algo_cls, type) and issubclass(algo_cls, BaseAlgorithm):
         env = VecMonitor(env)  # SB3 algorithms; others (reinforce, module:Class) take the vector env itself
-    if args.resume and (ckpt_dir / "checkpoint.json").is_file():
-        model = load_checkpoint(ckpt_dir, env=env, device=args.device)
+    model = make_agent(args.algo, env, seed=args.seed, device=args.device, **agent_kwargs)
+    prior_seconds = 0.0
+    if meta is not None:
+        restore_checkpoint(model, ckpt_dir, algo=args.algo)
+        prior_seconds = float(meta.get("extra", {}).get("train_seconds", 0.0))
         print(f"resumed {run_dir} at {model.num_timesteps:,} / {args.total_timesteps:,} steps")
-    else:
-        model = make_agent(args.algo, env, seed=args.seed, device=args.device, **json.loads(args.agent_kwargs))
+    logger = run_logger(run_dir)
     if hasattr(model, "set_logger"):
-        model.set_logger(configure(str(run_dir), ["stdout", "csv", "tensorboard"]))
+        model.set_logger(logger)
+    elif hasattr(model, "logger"):
+        model.logger = logger
+    t0 = time.perf_counter()
+
+    def elapsed() -> dict[str, float]:
+        return {"train_seconds": prior_seconds + time.perf_counter() - t0}
+
+    checkpoints = SkipCheckpointCallback(args.checkpoint_freq, ckpt_dir, agent_kwargs=agent_kwargs, extra_fn=elapsed)
     callbacks = [
         SkipEvalCallback(kwargs, eval_freq=args.eval_freq, n_images=args.eval_images, best_model_save_path=run_dir, verbose=1),
-        SkipCheckpointCallback(save_freq=args.checkpoint_freq, save_path=ckpt_dir),
+        checkpoints,
     ]
     remaining = args.total_timesteps - int(model.num_timesteps)
-    t0 = time.perf_counter()
+    resume_cmd = f"python {Path(sys.argv[0]).as_posix()} --resume {run_dir}"
     try:
-        if remaining > 0:
-            model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=not args.resume)
+        with common.deferred_interrupt(checkpoints.request_stop):
+            if remaining > 0:
+                model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=False)
     except KeyboardInterrupt:
-        save_checkpoint(model, ckpt_dir)
-        print(f"\ninterrupted at {model.num_timesteps:,} steps; checkpoint saved in {ckpt_dir}.\n"
-              f"Resume with: python {Path(sys.argv[0]).as_posix()} --resume {run_dir}")  # fmt: skip
+        kept = checkpoints.last_saved if checkpoints.last_saved is not None else (meta or {}).get("num_timesteps")
+        where = f"the checkpoint at {kept:,} steps in {ckpt_dir} is kept" if kept is not None else "no checkpoint yet"
+        print(f"\nstopped at {model.num_timesteps:,} steps; {where}.\nResume with: {resume_cmd}", file=sys.stderr)
         raise SystemExit(130) from None
-    train_seconds = time.perf_counter() - t0
+    if checkpoints.stopped:
+        saved = checkpoints.last_saved
+        where = f"checkpoint at {saved:,} steps saved in {ckpt_dir}" if saved is not None else "no checkpoint"
+        print(f"\ninterrupted: {where}.\nResume with: {resume_cmd}", file=sys.stderr)
+        raise SystemExit(130)
+    train_seconds = elapsed()["train_seconds"] if remaining > 0 else prior_seconds
+    logger.close()
     save_model(model, run_dir)
-    save_checkpoint(model, ckpt_dir)
     finish(model, env, args, kwargs, run_dir, train_seconds)
     print((run_dir / "summary.md").read_text(encoding="utf-8"))
     write_run_report(run_dir)
     print(f"run directory: {run_dir}")
     return run_dir
+
+
+def main(args: RLArgs) -> Path:
+    """:func:`run` for the command line: an unusable argument or checkpoint is one ``error:`` line and exit status 2."""
+    from agents.checkpoint import CheckpointError
+
+    try:
+        return run(args)
+    except (RunArgumentError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_run_report(run_dir: Path) -> Path | None:
@@ -213,7 +354,8 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
         "speed": {str(bs): v for bs, v in speed.items()},
         "threads": torch.get_num_threads(), "device": str(backbone_device(backbone)),
     }  # fmt: skip
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary = _finite(summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(run_dir / "summary.md", _summary_md(summary))
     return summary
 
@@ -252,6 +394,17 @@ def _summary_md(s: dict) -> str:
     rates = " ".join(f"{r:.2f}" for r in s["block_rates"])
     lines += ["", f"Execute rate per block: {rates}", ""]
     return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / infinity (e.g. the difficulty correlation of a policy that never skips) as None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _plain(d: dict) -> dict:

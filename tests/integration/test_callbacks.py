@@ -10,11 +10,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
 from agents import SB3VecEnv, evaluate_agent, make_agent
 from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, load_checkpoint, save_checkpoint
+from agents.checkpoint import FORMAT
 from agents.evaluation import spearman
 from vitskip_env import ViTSkipVectorEnv
 from vitskip_env.evaluate import evaluate_backbone
@@ -112,11 +114,16 @@ def test_checkpoint_and_resume_with_vec_normalize(micro_kwargs: dict, tmp_path: 
     model = make_agent("ppo", VecNormalize(build()), seed=0, n_steps=8)
     model.learn(64, callback=SkipCheckpointCallback(32, tmp_path))
     meta = json.loads((tmp_path / "checkpoint.json").read_text())
-    assert meta["num_timesteps"] == 64 and meta["algo"] == "stable_baselines3.ppo.ppo:PPO"
-    assert set(meta["files"]) == {"model.zip", "model_vecnormalize.pkl"}
+    assert meta["num_timesteps"] == 64 and meta["algo"] == "ppo" and meta["format"] == FORMAT
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npz", ".pt"]  # no pickle, no model.zip
     resumed = load_checkpoint(tmp_path, env=build())
-    assert resumed.num_timesteps == 64
-    np.testing.assert_allclose(resumed.get_vec_normalize_env().obs_rms.mean, model.get_vec_normalize_env().obs_rms.mean)
+    assert resumed.num_timesteps == 64 and resumed.n_steps == 8  # rebuilt with the recorded arguments
+    normalizer, original = resumed.get_vec_normalize_env(), model.get_vec_normalize_env()
+    np.testing.assert_array_equal(normalizer.obs_rms.mean, original.obs_rms.mean)
+    np.testing.assert_array_equal(normalizer.obs_rms.var, original.obs_rms.var)
+    assert normalizer.obs_rms.count == original.obs_rms.count and normalizer.ret_rms.var == original.ret_rms.var
+    for key, value in model.policy.state_dict().items():
+        torch.testing.assert_close(resumed.policy.state_dict()[key], value, rtol=0, atol=0)
     resumed.learn(64, reset_num_timesteps=False)
     assert resumed.num_timesteps == 128
     with pytest.raises(ValueError, match="without VecNormalize"):
@@ -132,4 +139,39 @@ def test_checkpoint_keeps_the_replay_buffer(micro_kwargs: dict, tmp_path: Path) 
     save_checkpoint(model, tmp_path)
     resumed = load_checkpoint(tmp_path, env=env)
     assert resumed.replay_buffer.size() == model.replay_buffer.size() > 0
-    np.testing.assert_array_equal(resumed.replay_buffer.observations, model.replay_buffer.observations)
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        np.testing.assert_array_equal(getattr(resumed.replay_buffer, name), getattr(model.replay_buffer, name))
+    assert resumed._n_calls == model._n_calls and resumed.exploration_rate == model.exploration_rate
+
+
+def test_checkpoint_callback_saves_only_at_rollout_boundaries(micro_kwargs: dict, tmp_path: Path) -> None:
+    """A stop asked for mid-rollout lands on the next boundary: the saved state is the one between two updates."""
+    model = make_agent("ppo", VecMonitor(SB3VecEnv(N, **micro_kwargs)), seed=0, n_steps=8)  # 64 steps per rollout
+    callback = SkipCheckpointCallback(1000, tmp_path)
+
+    class StopAt(SkipCheckpointCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 72:
+                callback.request_stop()
+            return True
+
+    model.learn(640, callback=[StopAt(1000, tmp_path / "unused", save_on_end=False), callback])
+    assert callback.stopped and callback.last_saved == 128
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["num_timesteps"] == 128
+
+
+def test_reinforce_resumed_from_a_checkpoint_matches_the_uninterrupted_run(micro_kwargs: dict, tmp_path: Path) -> None:
+    def build() -> Any:
+        return gym.make_vec("ViTSkip-Shapes-v0", num_envs=N, **micro_kwargs)
+
+    straight = make_agent("reinforce", build(), seed=0, n_steps=6).learn(144)
+    first = make_agent("reinforce", build(), seed=0, n_steps=6)
+    first.learn(48, callback=SkipCheckpointCallback(1000, tmp_path))  # saved when training ends, mid-episode
+    torch.manual_seed(123)  # whatever happens in between is undone by the checkpoint
+    np.random.seed(123)
+    resumed = load_checkpoint(tmp_path, env=build())
+    assert resumed.config["n_steps"] == 6 and resumed.num_timesteps == 48
+    resumed.learn(96, reset_num_timesteps=False)
+    for key, value in straight.policy.state_dict().items():
+        torch.testing.assert_close(resumed.policy.state_dict()[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.baseline, straight.baseline, rtol=0, atol=0)

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from analysis import plots
 from analysis.report import RUN_PLOTS
@@ -113,30 +115,134 @@ def test_a_failing_report_does_not_lose_the_run(tmp_path: Path, capsys: pytest.C
     assert "the run itself is complete" in err and f"python -m analysis.report {tmp_path}" in err
 
 
-def test_interrupt_then_resume_continues_from_the_checkpoint(tmp_path: Path, micro_file: str, monkeypatch) -> None:
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, steps: int, hard: bool = False) -> None:
+    """Press Ctrl-C (a real SIGINT; ``hard``: twice) once training passes ``steps``, in the middle of a rollout."""
     from agents import callbacks
 
     real = callbacks.SkipCheckpointCallback._on_step
+    sent = []
 
-    def interrupt(self) -> bool:
-        if self.num_timesteps >= 2048:
-            raise KeyboardInterrupt
+    def on_step(self) -> bool:
+        if self.num_timesteps >= steps and not sent:
+            sent.append(self.num_timesteps)
+            for _ in range(2 if hard else 1):
+                signal.raise_signal(signal.SIGINT)
         return real(self)
 
-    monkeypatch.setattr(callbacks.SkipCheckpointCallback, "_on_step", interrupt)
-    args = rl.RLArgs(backbone=micro_file, runs_dir=str(tmp_path), **TINY)
+    monkeypatch.setattr(callbacks.SkipCheckpointCallback, "_on_step", on_step)
+
+
+def _final_parameters(run_dir: Path) -> dict:
+    meta = json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())
+    state = torch.load(run_dir / "checkpoint" / meta["files"]["state"], weights_only=True)
+    return {k: v for k, v in state.items() if k.startswith("agent/")}
+
+
+def test_interrupt_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path, micro_file: str, monkeypatch) -> None:
+    """Ctrl-C in the middle of a rollout: the run finishes that update, checkpoints and exits 130; resuming it ends
+    with exactly the parameters (and optimizer state) of the run that was never interrupted, on CPU."""
+    tiny = {**TINY, "total_timesteps": 6144, "eval_freq": 4096, "speed_batch_sizes": (1,), "device": "cpu"}
+    straight = rl.run(rl.RLArgs(backbone=micro_file, runs_dir=str(tmp_path / "straight"), **tiny))
+    _interrupt_at(monkeypatch, 2048 + 640)  # inside the second rollout (2048 steps each)
     with pytest.raises(SystemExit) as stop:
-        rl.run(args)
+        rl.run(rl.RLArgs(backbone=micro_file, runs_dir=str(tmp_path / "cut"), **tiny))
+    assert stop.value.code == 130
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    assert json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())["num_timesteps"] == 4096  # the boundary
+    monkeypatch.undo()
+    rl.run(rl.RLArgs(resume=str(run_dir)))
+    expected, got = _final_parameters(straight), _final_parameters(run_dir)
+    assert expected.keys() == got.keys() and expected
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (run_dir, straight))
+    assert summary["total_timesteps"] == reference["total_timesteps"] == 6144
+    assert summary["block_rates"] == reference["block_rates"] and summary["agent_top1"] == reference["agent_top1"]
+
+
+def test_a_second_ctrl_c_stops_now_and_keeps_the_last_checkpoint(tmp_path: Path, micro_file: str, monkeypatch) -> None:
+    _interrupt_at(monkeypatch, 2048 + 640, hard=True)
+    with pytest.raises(SystemExit) as stop:
+        rl.run(rl.RLArgs(backbone=micro_file, runs_dir=str(tmp_path), **{**TINY, "total_timesteps": 6144}))
     assert stop.value.code == 130
     (run_dir,) = tmp_path.iterdir()
-    stopped_at = json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())["num_timesteps"]
-    assert 2048 <= stopped_at < 4096
-    monkeypatch.setattr(callbacks.SkipCheckpointCallback, "_on_step", real)
+    assert json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())["num_timesteps"] == 2048  # periodic one
+    monkeypatch.undo()
     rl.run(rl.RLArgs(resume=str(run_dir)))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["total_timesteps"] >= 4096
-    progress = pd.read_csv(run_dir / "progress.csv")
-    assert progress["time/total_timesteps"].max() >= 4096
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 6144
+
+
+def test_resume_keeps_progress_and_adds_up_the_time(tmp_path: Path, micro_file: str, monkeypatch) -> None:
+    """progress.csv keeps every row across an interrupt + resume and across resuming a finished run;
+    train_minutes adds up; --total-timesteps extends a finished run; summary.json is strict JSON (no NaN)."""
+    _interrupt_at(monkeypatch, 2048 + 640)
+    with pytest.raises(SystemExit):
+        rl.run(rl.RLArgs(backbone=micro_file, runs_dir=str(tmp_path), **{**TINY, "total_timesteps": 6144}))
+    (run_dir,) = tmp_path.iterdir()
+    rows_before = pd.read_csv(run_dir / "progress.csv")
+    seconds = json.loads((run_dir / "checkpoint" / "checkpoint.json").read_text())["extra"]["train_seconds"]
+    assert len(rows_before) >= 2 and seconds > 0
+    monkeypatch.undo()
+    rl.run(rl.RLArgs(resume=str(run_dir)))
+    rows_done = pd.read_csv(run_dir / "progress.csv")
+    assert len(rows_done) > len(rows_before)
+    pd.testing.assert_frame_equal(rows_done.iloc[: len(rows_before)][rows_before.columns], rows_before)
+    assert rows_done["time/total_timesteps"].max() == 6144
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=_no_nan)
+    assert summary["train_minutes"] >= round(seconds / 60, 2) > 0
+    rl.run(rl.RLArgs(resume=str(run_dir)))  # a finished run: nothing to train, every row and minute kept
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "progress.csv"), rows_done)
+    again = json.loads((run_dir / "summary.json").read_text(), parse_constant=_no_nan)
+    assert again["train_minutes"] == summary["train_minutes"]
+    rl.run(rl.RLArgs(resume=str(run_dir), total_timesteps=8192))  # a bigger budget extends the run
+    assert json.loads((run_dir / "summary.json").read_text())["total_timesteps"] == 8192
+    assert len(pd.read_csv(run_dir / "progress.csv")) > len(rows_done)
+    with pytest.raises(rl.RunArgumentError, match="below the 8,192 steps"):
+        rl.run(rl.RLArgs(resume=str(run_dir), total_timesteps=4096))
+    with pytest.raises(rl.RunArgumentError, match="--num-envs 32 differs"):
+        rl.run(rl.RLArgs(resume=str(run_dir), num_envs=32))
+
+
+def _no_nan(name: str) -> None:
+    raise AssertionError(f"summary.json holds {name}, which is not JSON")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"total_timesteps": -5}, "--total-timesteps must be a positive integer"),
+        ({"speed_batch_sizes": (0,)}, "--speed-batch-sizes must be one or more positive integers"),
+        ({"speed_batch_sizes": ()}, "--speed-batch-sizes must be one or more positive integers"),
+        ({"num_envs": 0}, "--num-envs must be a positive integer"),
+        ({"eval_freq": 0}, "--eval-freq must be a positive integer"),
+        ({"checkpoint_freq": -1}, "--checkpoint-freq must be a positive integer"),
+        ({"agent_kwargs": "{bad"}, r"--agent-kwargs is not valid JSON .* e\.g\. --agent-kwargs '\{\"learning_rate\""),
+        ({"agent_kwargs": "[1]"}, "--agent-kwargs must be a JSON object"),
+        ({"env": "ViTSkip-Shapez-v0"}, "--env 'ViTSkip-Shapez-v0' is not a registered environment id"),
+        ({"algo": "ppoo"}, "--algo: unknown algorithm 'ppoo'. Did you mean 'ppo'"),
+        ({"obs_mode": "pixels"}, "obs_mode must be one of"),
+    ],
+)
+def test_bad_arguments_fail_before_any_folder_is_made(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(rl.RunArgumentError, match=message):
+        rl.run(rl.RLArgs(runs_dir=str(tmp_path / "runs"), **{**TINY, **change}))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_command_line_reports_a_bad_argument_in_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "train/ppo.py", "--runs-dir", str(tmp_path), "--agent-kwargs", "{bad"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: --agent-kwargs is not valid JSON") and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_directories_never_collide(tmp_path: Path) -> None:
+    import common
+
+    name = common.run_name("ViTSkip-Shapes-v0", "ppo", 1)
+    made = {common.make_run_dir(tmp_path, name) for _ in range(50)}  # same second, same seed
+    assert len(made) == 50 and all(p.is_dir() and p.name.startswith(name) for p in made)
 
 
 def test_custom_algorithm_as_module_class(tmp_path: Path, micro_file: str) -> None:
