@@ -8,6 +8,7 @@ single env's info and the native vector env's dict-of-arrays hold the same value
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,65 @@ def check_actions(actions: Any, num_envs: int, device: torch.device) -> torch.Te
     if arr.dtype != np.bool_ and not ((arr == 0) | (arr == 1)).all():
         raise ValueError(f"invalid actions {arr.tolist()}: {ACTION_HELP}")
     return torch.from_numpy(arr.astype(np.int64)).to(device)
+
+
+def check_reset_options(options: Any, supported: tuple[str, ...]) -> dict[str, Any]:
+    """``reset``'s ``options`` as a fresh dict (``None`` -> ``{}``).
+
+    Raises:
+        TypeError: ``options`` is not a mapping (the message lists the supported keys).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"reset(options=...) must be a dict or None, got {type(options).__name__} {options!r}; "
+            f"supported keys: {list(supported)}, e.g. options={{'image_index': 3}}"
+        )
+    return dict(options)
+
+
+def check_seed(seed: Any, num_envs: int | None = None) -> int | list[int | None] | None:
+    """``reset``'s ``seed`` as ``None``, a Python ``int`` or (vector envs, ``num_envs`` given) a list.
+
+    Raises:
+        TypeError: Anything else (floats, strings, bools, a list holding a non-integer).
+        ValueError: A list whose length is not ``num_envs``.
+    """
+    allowed = "None or an int" + ("" if num_envs is None else f", or a list of num_envs={num_envs} ints (or None)")
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        return int(seed)
+    if num_envs is not None and isinstance(seed, (list, tuple, np.ndarray)):
+        seeds = list(seed)
+        for s in seeds:
+            if s is not None and (not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_))):
+                raise TypeError(f"reset(seed=...) must be {allowed}; the list holds {type(s).__name__} {s!r}")
+        if len(seeds) != num_envs:
+            raise ValueError(f"a list of seeds must have num_envs={num_envs} entries, got {len(seeds)}")
+        return [None if s is None else int(s) for s in seeds]
+    raise TypeError(f"reset(seed=...) must be {allowed}, got {type(seed).__name__} {seed!r}")
+
+
+def check_rewards(host: dict[str, np.ndarray], custom: bool) -> None:
+    """Refuse a step whose reward is NaN or infinite, naming the components that are not finite.
+
+    Raises:
+        ValueError: A non-finite reward (from ``reward_fn`` when ``custom``, else from the backbone).
+    """
+    if np.isfinite(host["reward"]).all():
+        return
+    bad = [name for name in component_names(host) if not np.isfinite(host[f"components/{name}"]).all()]
+    if custom:
+        raise ValueError(
+            f"reward_fn returned a non-finite reward (NaN or inf) in component(s) {bad}: every component must be a "
+            "finite (N,) tensor; check reward_fn for divisions by zero and log(0)"
+        )
+    raise ValueError(
+        f"the reward is not finite (NaN or inf) in component(s) {bad}: the backbone's logits are not finite or a "
+        "reward weight is too large; check the backbone file and the *_weight arguments"
+    )
 
 
 def component_names(host: dict[str, np.ndarray]) -> list[str]:

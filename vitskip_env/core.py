@@ -13,8 +13,10 @@ terminal components -> observation of the next block. Everything stays on the de
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,18 +27,45 @@ from .data import ImageDataset
 from .observations import ObservationEncoder
 from .rewards import RewardContext, RewardModel
 
+BLOCKS_HELP = "an iterable of block indices (ints), e.g. (0,) or [0, 3]"
+
+
+def block_indices(value: Any, name: str = "always_execute") -> tuple[int, ...]:
+    """``value`` as a tuple of block indices: any iterable of integers (list, tuple, range, int array).
+
+    A string, a single number or an iterable holding anything but integers is refused (``"01"``
+    would otherwise mean blocks ``{0, 1}``, and ``5`` would fail with an unrelated message).
+
+    Raises:
+        TypeError: ``value`` is not an iterable of integers (bools and floats are not integers here).
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        single = f"; for one block pass ({value!r},)" if isinstance(value, (int, np.integer)) else ""
+        raise TypeError(f"{name} must be {BLOCKS_HELP}, got {type(value).__name__} {value!r}{single}")
+    out = []
+    for item in value:
+        try:
+            if isinstance(item, (bool, np.bool_)):
+                raise TypeError
+            out.append(operator.index(item))
+        except TypeError:
+            raise TypeError(f"{name} must be {BLOCKS_HELP}; it holds {type(item).__name__} {item!r}") from None
+    return tuple(out)
+
 
 def check_constraints(min_blocks: int, always_execute: Iterable[int], depth: int) -> tuple[int, frozenset[int]]:
     """Validated ``(min_blocks, always_execute)`` for a ``depth``-block backbone.
 
     Raises:
         ValueError: ``min_blocks`` outside ``[0, depth]`` or a block index outside ``[0, depth)``.
+        TypeError: ``always_execute`` is not an iterable of integers (see :func:`block_indices`).
     """
     if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
-        raise ValueError(f"min_blocks must be an integer in [0, {depth}] got {min_blocks!r}")
-    always = sorted({int(i) for i in always_execute})
+        raise ValueError(f"min_blocks must be an integer in [0, {depth}], got {min_blocks!r}")
+    given = block_indices(always_execute)
+    always = sorted(set(given))
     if any(not 0 <= i < depth for i in always):
-        raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(always_execute)}")
+        raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(given)}")
     return int(min_blocks), frozenset(always)
 
 

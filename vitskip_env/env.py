@@ -12,8 +12,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from ._api import CoreAccess, check_action, single_step_info
-from .core import SkipCore
+from ._api import CoreAccess, check_action, check_reset_options, check_rewards, check_seed, single_step_info
+from .core import SkipCore, block_indices
 from .costs import CostModel
 from .cotrain import CotrainConfig
 from .observations import ObsMode
@@ -124,14 +124,18 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the image beside a strip: green = executed,
       grey = skipped, yellow = next).
 
-    Unknown or misspelt keyword arguments raise ``TypeError`` naming the closest valid one.
+    Unknown or misspelt keyword arguments raise ``TypeError`` naming the closest valid one, in
+    Python's own wording (``got an unexpected keyword argument 'frameskip'``), so that clients
+    which probe optional arguments (TorchRL's ``GymEnv`` passes ``frameskip``) drop them and retry.
 
     ## Registered Configurations
 
     ``ViTSkip-Shapes-v0`` (offline default), ``ViTSkip-CIFAR10-v0``, ``ViTSkip-CIFAR100-v0``,
     ``ViTSkip-TinyImageNet-v0`` and, with scikit-learn installed, ``ViTSkip-Digits-v0``; they
     differ only in ``dataset``. ``gym.make_vec(id, num_envs=N)`` returns the native
-    ``ViTSkipVectorEnv``.
+    ``ViTSkipVectorEnv``. In a process that has not imported ``vitskip_env`` (RLlib remote
+    workers, spawned workers) use ``"vitskip_env:ViTSkip-Shapes-v0"``: Gymnasium imports the
+    package, which registers the ids, before making the env.
 
     ## Version History
 
@@ -178,7 +182,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
             reward_fn=reward_fn,
             cost_model=cost_model,
             min_blocks=min_blocks,
-            always_execute=tuple(always_execute),
+            always_execute=block_indices(always_execute),
             sampling=sampling,
             num_images=num_images,
             cotrain=cotrain,
@@ -195,10 +199,11 @@ class ViTSkipEnv(CoreAccess, gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Start an episode on the next image (see Starting State)."""
+        seed = check_seed(seed)
+        options = check_reset_options(options, ("image_index",))
         super().reset(seed=seed)
         if seed is not None or not self.sampler.rngs or self.sampler.rngs[0] is not self.np_random:
             self.sampler.seed([self.np_random])
-        options = dict(options or {})
         if "image_index" in options:
             k = options.pop("image_index")
             if not isinstance(k, (int, np.integer)) or not 0 <= k < len(self.dataset):
@@ -216,6 +221,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
         value = check_action(action)
         result = self.core.step(torch.tensor([value], device=self.core.device))
         host = SkipCore.to_host(result)
+        check_rewards(host, self.options.reward_fn is not None)
         return self._row(host["obs"]), float(host["reward"][0]), bool(result.terminal), False, single_step_info(host)
 
     def action_masks(self) -> np.ndarray:

@@ -38,13 +38,14 @@ import torch
 from torch import nn
 
 from .backbone import SkippableViT, load_backbone
-from .core import SkipCore
+from .capacity import check_memory
+from .core import SkipCore, block_indices
 from .costs import COST_MODELS, CostModel, block_costs
 from .cotrain import CotrainConfig, Cotrainer
 from .data import ImageDataset, make_dataset
 from .observations import OBS_MODES, ObsMode, encoder_for
 from .presets import PRESETS, find_backbone, user_backbone_path
-from .rewards import RewardFn, RewardModel
+from .rewards import WEIGHT_NAMES, RewardFn, RewardModel, check_weight
 from .sampling import SAMPLING_MODES, Sampling
 
 #: Preset used when ``backbone`` is ``None`` or ``"random"``.
@@ -107,6 +108,9 @@ class EnvOptions:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {self.render_mode!r}")
         if self.num_images is not None and (not isinstance(self.num_images, int) or self.num_images < 1):
             raise ValueError(f"num_images must be a positive integer or None, got {self.num_images!r}")
+        for kwarg in WEIGHT_NAMES:
+            check_weight(getattr(self, kwarg), kwarg)
+        self.always_execute = block_indices(self.always_execute)
         if self.cotrain is not None and self.backbone_mode != "cotrain":
             raise ValueError("cotrain settings were given but backbone_mode is 'frozen'; pass backbone_mode='cotrain'")
 
@@ -122,13 +126,18 @@ def option_defaults() -> dict[str, Any]:
 
 
 def check_kwargs(kwargs: Mapping[str, Any], owner: str, extra_names: tuple[str, ...] = ()) -> None:
-    """Reject unknown keyword arguments: ``TypeError`` naming the closest valid one."""
+    """Reject unknown keyword arguments: ``TypeError`` naming the closest valid one.
+
+    The message starts like Python's own (``X.__init__() got an unexpected keyword argument 'k'``).
+    """
     names = option_names() + list(extra_names)
     for key in kwargs:
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)
             extra = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise TypeError(f"{owner} got an unknown keyword argument {key!r}.{extra} Valid: {sorted(names)}")
+            # Python's own wording: clients that probe optional arguments (TorchRL's GymEnv passes
+            # ``frameskip``) look for "unexpected keyword argument" to drop the argument and retry.
+            raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {key!r}.{extra} Valid: {sorted(names)}")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -142,13 +151,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_split(opts: EnvOptions, device: torch.device) -> ImageDataset:
-    """The dataset split on ``device``, limited to its first ``num_images`` images when asked."""
+    """The dataset split on ``device``, limited to its first ``num_images`` images when asked.
+
+    The first ``num_images`` are copied, not viewed: a view would keep the whole split alive (in
+    memory, in every pickled env and in every spawned worker) to use a few images of it.
+    """
     ds = make_dataset(opts.dataset, opts.split, opts.data_root, opts.download, device)
     if opts.num_images is None or opts.num_images >= len(ds):
         return ds
     n = opts.num_images
-    diff = None if ds.difficulty is None else ds.difficulty[:n]
-    return ImageDataset(ds.name, ds.split, ds.images[:n], ds.labels[:n], list(ds.classes), ds.mean, ds.std, diff)
+    diff = None if ds.difficulty is None else ds.difficulty[:n].clone()
+    images, labels = ds.images[:n].clone(), ds.labels[:n].clone()
+    return ImageDataset(ds.name, ds.split, images, labels, list(ds.classes), ds.mean, ds.std, diff)
 
 
 def _untrained(name: str, ds: ImageDataset) -> SkippableViT:
@@ -211,6 +225,8 @@ def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
     device = resolve_device(opts.device)
     ds = load_split(opts, device)
     vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
+    encoder = encoder_for(vit, opts.obs_mode)
+    check_memory(vit, encoder.obs_dim, num_envs, device)
     weights = {"correct": opts.accuracy_weight, "confidence": opts.confidence_weight, "compute": opts.compute_weight}
     cotrainer = None
     if opts.backbone_mode == "cotrain":
@@ -219,7 +235,7 @@ def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
         vit,
         ds,
         num_envs,
-        encoder_for(vit, opts.obs_mode),
+        encoder,
         RewardModel(weights, opts.reward_fn),
         block_costs(vit, opts.cost_model),
         min_blocks=opts.min_blocks,

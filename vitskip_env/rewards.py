@@ -18,14 +18,20 @@ components named like the built-ins get the built-in weights, any other name has
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 #: ``<kwarg name> -> component`` for the built-in weights.
 WEIGHT_NAMES: dict[str, str] = {"accuracy_weight": "correct", "confidence_weight": "confidence", "compute_weight": "compute"}
+#: ``component -> <kwarg name>`` (error messages name the keyword argument the user passed).
+KWARG_OF: dict[str, str] = {component: kwarg for kwarg, component in WEIGHT_NAMES.items()}
 #: Defaults: executing every block costs 0.5 in total against 1 for a correct answer, so a block is
 #: worth executing when it raises the chance of being right by more than half its cost share.
 DEFAULT_WEIGHTS: dict[str, float] = {"correct": 1.0, "confidence": 0.0, "compute": 0.5}
@@ -74,6 +80,20 @@ def default_components(ctx: RewardContext) -> dict[str, torch.Tensor]:
     return {"correct": correct, "confidence": confidence, "compute": compute}
 
 
+def check_weight(value: Any, name: str) -> float:
+    """A reward weight as a finite ``float``: any real number (Python or NumPy int / float scalar).
+
+    Raises:
+        ValueError: A bool, a non-number, NaN or an infinity (the message names ``name``).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(
+            f"{name} must be a finite number (int, float or a NumPy scalar such as np.float32(0.5)), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return float(value)
+
+
 class RewardModel:
     """Weights plus a component function; call it to get the reward and the weighted components.
 
@@ -86,8 +106,7 @@ class RewardModel:
         for name, value in weights.items():
             if name not in DEFAULT_WEIGHTS:
                 raise ValueError(f"unknown reward component {name!r}; built-in components: {list(DEFAULT_WEIGHTS)}")
-            if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-                raise ValueError(f"reward weight for {name!r} must be a finite number, got {value!r}")
+            check_weight(value, KWARG_OF.get(name, f"reward weight for {name!r}"))
         if reward_fn is not None and not callable(reward_fn):
             raise TypeError(f"reward_fn must be callable (ctx -> dict of (N,) tensors), got {type(reward_fn).__name__}")
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}

@@ -10,11 +10,28 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ._api import CoreAccess, batched, batched_step_info, check_actions
-from .core import SkipCore
+from ._api import CoreAccess, batched, batched_step_info, check_actions, check_reset_options, check_rewards, check_seed
+from .core import SkipCore, block_indices
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
 from .sampling import ImageSampler
+
+
+def parse_autoreset_mode(value: AutoresetMode | str) -> AutoresetMode:
+    """An ``AutoresetMode`` from the enum or a name in any case, with or without ``_`` (``"disabled"``, ``"SAME_STEP"``).
+
+    Raises:
+        ValueError: Anything else (the message lists the accepted names).
+    """
+    if isinstance(value, AutoresetMode):
+        return value
+    if isinstance(value, str):
+        key = value.replace("_", "").replace("-", "").lower()
+        for mode in AutoresetMode:
+            if key == mode.value.lower():
+                return mode
+    valid = [m.value for m in AutoresetMode] + [m.name.lower() for m in AutoresetMode]
+    raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {valid}, got {value!r}")
 
 
 class ViTSkipVectorEnv(CoreAccess, VectorEnv):
@@ -30,7 +47,15 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default; the step after a terminal step
             returns the new batch's first observations, zero rewards and the reset infos) or
             ``SAME_STEP`` (the terminal step already returns the new observations, with
-            ``infos["final_obs"]`` and ``infos["final_info"]``), or ``DISABLED`` (call ``reset``).
+            ``infos["final_obs"]`` and ``infos["final_info"]``), or ``DISABLED`` (call ``reset``;
+            what TorchRL's ``GymWrapper`` wants). Also as a string, in any case, with or without
+            underscores: ``"disabled"``, ``"same_step"``, ``"NextStep"``.
+        max_episode_steps: ``gym.make_vec(id, num_envs=N, max_episode_steps=k)`` passes it here.
+            ``k >= depth`` changes nothing (episodes last ``depth`` steps). ``k < depth`` truncates
+            every episode after ``k`` steps (``truncated=True``, ``terminated=False``, no
+            episode-end fields, the backbone's head never runs), as Gymnasium's ``TimeLimit`` does
+            on each sub-env of ``gym.make_vec(..., vectorization_mode="sync")``; the autoreset
+            then starts the next batch.
         **kwargs: Every keyword argument of ``ViTSkipEnv`` (``dataset``, ``backbone``, ...).
 
     Seeding: ``reset(seed=s)`` seeds sub-environment ``j`` with ``s + j`` (a list seeds each one),
@@ -53,21 +78,33 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     }
 
     def __init__(
-        self, num_envs: int = 1, *, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, **kwargs: Any
+        self,
+        num_envs: int = 1,
+        *,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        check_kwargs(kwargs, type(self).__name__, extra_names=("num_envs", "autoreset_mode"))
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        check_kwargs(kwargs, type(self).__name__, extra_names=("num_envs", "autoreset_mode", "max_episode_steps"))
+        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        try:
-            mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
-        except ValueError as err:
-            valid = [m.value for m in AutoresetMode]
-            raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {valid}, got {autoreset_mode!r}") from err
+        mode = parse_autoreset_mode(autoreset_mode)
+        if max_episode_steps is not None and (
+            not isinstance(max_episode_steps, (int, np.integer))
+            or isinstance(max_episode_steps, bool)
+            or max_episode_steps < 1
+        ):
+            raise ValueError(f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}")
         if "always_execute" in kwargs:
-            kwargs["always_execute"] = tuple(kwargs["always_execute"])
+            kwargs["always_execute"] = block_indices(kwargs["always_execute"])
         self.options = EnvOptions(**kwargs)
         self.core: SkipCore = build_core(self.options, int(num_envs))
         self.num_envs = int(num_envs)
+        #: Steps after which every episode is truncated (``None``: episodes end at ``depth``).
+        self.max_episode_steps = (
+            None if max_episode_steps is None or max_episode_steps >= self.core.depth else int(max_episode_steps)
+        )
+        self._truncated = False
         self.autoreset_mode = mode
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.render_mode = self.options.render_mode
@@ -84,19 +121,16 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     ) -> tuple[Any, dict[str, Any]]:
         """Start a new batch of episodes (every sub-environment; they are always aligned)."""
         n = self.num_envs
-        if isinstance(seed, (int, np.integer)):
-            super().reset(seed=int(seed))
-            seeds: list[int | None] | None = [int(seed) + j for j in range(n)]
-        elif seed is None:
-            seeds = None
+        seed = check_seed(seed, n)
+        options = check_reset_options(options, ("image_index", "reset_mask"))
+        if isinstance(seed, int):
+            super().reset(seed=seed)
+            seeds: list[int | None] | None = [seed + j for j in range(n)]
         else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"a list of seeds must have num_envs={n} entries, got {len(seeds)}")
+            seeds = seed
         if seeds is not None or not self.sampler.rngs:
             seeds = seeds or [None] * n
             self.sampler.seed([seeding.np_random(s)[0] for s in seeds])
-        options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if mask is not None and not np.all(mask):
             raise ValueError(
@@ -115,7 +149,7 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     def _start(self, index: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
         index = self.sampler.next() if index is None else index.astype(np.int64)
         packed = self.core.start(index).cpu().numpy()
-        self._autoreset = False
+        self._autoreset = self._truncated = False
         return self.core.encoder.unpack_numpy(packed), batched({"image_index": np.array(index, dtype=np.int64)}, self.num_envs)
 
     # ------------------------------------------------------------------ step
@@ -131,15 +165,18 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
         if self._autoreset:  # NEXT_STEP: this step only starts the new batch
             obs, infos = self._start()
             return obs, np.zeros(n, dtype=np.float64), no, no.copy(), infos
-        if self.core.done:
+        if self.core.done or self._truncated:
             raise RuntimeError("no episodes in flight: call reset() (also after each last step when autoreset is DISABLED)")
         result = self.core.step(acts)
         host = SkipCore.to_host(result)
+        check_rewards(host, self.options.reward_fn is not None)
         obs = self.core.encoder.unpack_numpy(host["obs"])
         rewards = host["reward"].astype(np.float64)
         terminated = np.full(n, result.terminal, dtype=bool)
+        truncated = np.full(n, not result.terminal and self.core.block == self.max_episode_steps, dtype=bool)
+        self._truncated = bool(truncated[0])
         infos = batched_step_info(host)
-        if result.terminal:
+        if result.terminal or self._truncated:
             if self.autoreset_mode == AutoresetMode.NEXT_STEP:
                 self._autoreset = True
             elif self.autoreset_mode == AutoresetMode.SAME_STEP:
@@ -150,7 +187,7 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
                 infos["_final_info"] = np.ones(n, dtype=bool)
                 obs, reset_infos = self._start()
                 infos.update(reset_infos)
-        return obs, rewards, terminated, no, infos
+        return obs, rewards, terminated, truncated, infos
 
     # ------------------------------------------------------------------ extras
     def action_masks(self) -> np.ndarray:
