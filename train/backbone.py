@@ -13,7 +13,9 @@ scratch take off in a few hundred steps instead of idling at chance.
 
 Writes ``<out>.safetensors`` (+ ``.json``) where the environments look by default
 (``$VITSKIP_HOME/backbones/<preset>-<dataset>.safetensors``), a resumable ``<out>.ckpt.pt``
-every epoch and ``<out>.log.csv`` with the evaluation history.
+every epoch, ``<out>.log.csv`` with the evaluation history and ``<out>.md``, a readable record.
+``--out`` must end in ``.safetensors``. Files already there are never overwritten without
+``--overwrite``: the same command after an interruption resumes the training instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import backbone_checks
 import common
 import torch
 import torch.distributed as dist
@@ -90,7 +93,10 @@ class Args:
     out: str | None = None
     """backbone file to write (default: $VITSKIP_HOME/backbones/<preset>-<dataset>.safetensors)"""
     resume: bool = True
-    """continue from <out>.ckpt.pt when it exists"""
+    """continue an interrupted training from <out>.ckpt.pt when it exists"""
+    overwrite: bool = False
+    """replace a backbone or its side files (.json, .md, .log.csv, .ckpt.pt) already at --out
+    (an interrupted training there is still resumed unless --no-resume)"""
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
@@ -140,6 +146,18 @@ def restem(model: SkippableViT, stem: str) -> SkippableViT:
 
 
 def main(args: Args) -> Path:
+    """Train, writing the backbone and its side files at ``--out`` every evaluation; return the backbone's path.
+
+    Raises:
+        ValueError: an argument out of range, an ``--out`` not ending in ``.safetensors``, or a
+            checkpoint that cannot be read or holds another architecture (before any file is written).
+        FileExistsError: ``--out`` already holds files of a finished training or made elsewhere
+            (without ``--overwrite``); nothing is touched.
+    """
+    backbone_checks.check_args(args)
+    out = Path(args.out).expanduser() if args.out else user_backbone_path(args.preset, args.dataset)
+    outputs = backbone_checks.Outputs.at(out)
+    ckpt = backbone_checks.plan_run(outputs, args)  # the interrupted training to resume, if any
     rank, local_rank, world = common.distributed_info()
     if world > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
@@ -152,6 +170,8 @@ def main(args: Args) -> Path:
     train = make_dataset(args.dataset, "train", args.data_root, args.download, device)
     test = make_dataset(args.dataset, "test", args.data_root, args.download, device)
     model = build_model(args, train.num_classes, device, train.image_size)
+    if ckpt is not None:  # before anything is loaded: a clear error instead of a size mismatch
+        backbone_checks.check_architecture(ckpt, model.vit.state_dict(), args, outputs.checkpoint)
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
@@ -159,8 +179,7 @@ def main(args: Args) -> Path:
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
 
-    out = Path(args.out).expanduser() if args.out else user_backbone_path(args.preset, args.dataset)
-    ckpt_path = out.with_suffix(".ckpt.pt")
+    ckpt_path = outputs.checkpoint
     n_train = len(train) if args.train_images is None else min(args.train_images, len(train))
     steps_per_epoch = n_train // (args.batch_size * world)
     if steps_per_epoch < 1:
@@ -170,12 +189,12 @@ def main(args: Args) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, args.min_lr_ratio))
     g = torch.Generator(device=device)
     state = {"epoch": 0, "step": 0, "history": [], "elapsed": 0.0}
-    if args.resume and ckpt_path.exists():
-        # weights_only=True: the checkpoint holds tensors and plain containers only; nothing arbitrary is unpickled.
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if ckpt is not None:
         model.vit.load_state_dict(ckpt.pop("model"))
-        opt.load_state_dict(ckpt.pop("opt"))
+        opt.load_state_dict(ckpt.pop("opt"))  # moves the optimizer's state onto the parameters' device
         sched.load_state_dict(ckpt.pop("sched"))
+        for key in ("args", "epochs"):  # rewritten from this command's arguments at every save
+            ckpt.pop(key, None)
         state = ckpt
         if rank == 0:
             print(
@@ -184,7 +203,10 @@ def main(args: Args) -> Path:
 
     def save_checkpoint() -> None:
         with atomic_path(ckpt_path) as tmp:
-            torch.save({"model": model.vit.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), **state}, tmp)
+            run = {"epochs": args.epochs, "args": asdict(args)}  # tells a finished training from an interrupted one
+            torch.save(
+                {"model": model.vit.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), **state, **run}, tmp
+            )
 
     try:
         while state["epoch"] < args.epochs:
@@ -219,8 +241,8 @@ def main(args: Args) -> Path:
                 state["history"].append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
                 _save(model, out, args, train, state["history"], state["elapsed"])
-                _write_log(out.with_suffix(".log.csv"), state["history"])
-                _write_record(out.with_suffix(".md"), args, state["history"])
+                _write_log(outputs.log, state["history"])
+                _write_record(outputs.record, args, state["history"])
             if rank == 0:
                 save_checkpoint()
     except KeyboardInterrupt:
@@ -229,7 +251,7 @@ def main(args: Args) -> Path:
             save_checkpoint()
             print(
                 f"\ninterrupted: checkpoint at epoch {state['epoch']} step {state['step']} in {ckpt_path}; "
-                "run the same command again to resume (or pass --no-resume to start over)"
+                "run the same command again to resume (or add --no-resume --overwrite to start over)"
             )
         raise SystemExit(130) from None
     if world > 1:
@@ -271,7 +293,7 @@ def _train_step(ddp, model: SkippableViT, opt, train, idx: torch.Tensor, args: A
 
 def _write_record(path: Path, args: Args, history: list[dict]) -> None:
     """A human-readable record of how the backbone was made and what it reaches (regenerated every evaluation)."""
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(args).items() if v != getattr(Args, k, None))
+    flags = " ".join(_flag(k, v) for k, v in asdict(args).items() if v != getattr(Args, k, None) and k not in _RUN_ONLY)
     keys = list(history[0])
     rows = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     rows += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in history]
@@ -282,6 +304,17 @@ def _write_record(path: Path, args: Args, history: list[dict]) -> None:
         "its blocks, chosen at random (fixed seed).\n\n" + "\n".join(rows) + "\n"
     )
     atomic_write_text(path, text)
+
+
+_RUN_ONLY = ("resume", "overwrite")  # how the command treated files already at --out, not how the backbone was made
+
+
+def _flag(name: str, value: object) -> str:
+    """``--batch-size 64``; booleans the way tyro takes them (``--no-augment``)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
