@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_path, atomic_write_text
+from .fileformat import check_save_path
 from .presets import PRESETS, preset_spec, suggest_preset
 from .stems import resolve_stem
 
@@ -273,12 +274,15 @@ class SkippableViT(nn.Module):
         """Write weights as safetensors with the JSON config in its header, plus a readable ``.json`` copy.
 
         Args:
-            path: Destination (``.safetensors``); written atomically.
+            path: Destination; must end in ``.safetensors`` (the config goes to ``<stem>.json``); written atomically.
             **meta: Extra JSON-serialisable entries (``dataset``, ``mean``, ``std``, ``training``).
+
+        Raises:
+            ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = check_save_path(path)
         self.meta.update(meta)
         config = self.config()
         text = json.dumps(config, indent=2, sort_keys=True)
@@ -348,92 +352,7 @@ def _infer_kwargs(vit: nn.Module) -> dict[str, Any]:
     }
 
 
-#: The loader of each vitskip file format, named when a file of another kind is passed.
-LOADERS: dict[str, str] = {FORMAT: "vitskip_env.load_backbone", "vitskip-dynamic": "vitskip_env.DynamicViT.load"}
+# Loading lives in backbone_io (it needs SkippableViT); both names stay importable from here.
+from .backbone_io import backbone_from_config, load_backbone  # noqa: E402
 
-
-def read_vitskip_file(
-    path: str | os.PathLike, fmt: str, *, missing: str, resave: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON config and the tensors of a vitskip safetensors file of format ``fmt`` (no pickle is read).
-
-    Args:
-        path: The ``.safetensors`` file.
-        fmt: The expected ``config["format"]``.
-        missing: The sentence after "No such file ..." (how to make one).
-        resave: How to write a valid file again (ends the "truncated" message).
-
-    Raises:
-        FileNotFoundError: No such file.
-        ValueError: Truncated or not safetensors, not written by vitskip, or another vitskip format.
-    """
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"No such file {str(path)!r}. {missing}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as exc:  # safetensors raises its own error type for truncated / non-safetensors files
-        raise ValueError(
-            f"{str(path)!r} is not a readable safetensors file ({exc}); it may be truncated or of another format. {resave}"
-        ) from exc
-    if "vitskip" not in header:
-        raise ValueError(
-            f"{str(path)!r} is a safetensors file but was not written by vitskip (no 'vitskip' config in its header). "
-            "For plain timm weights use SkippableViT(name, pretrained_file=path)."
-        )
-    config = json.loads(header["vitskip"])
-    got = config.get("format")
-    if got != fmt:
-        loader = LOADERS.get(got, "the matching loader")
-        raise ValueError(f"{str(path)!r} holds a {got!r}, not a {fmt!r}; load it with {loader}.")
-    return config, state
-
-
-def backbone_from_config(config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> SkippableViT:
-    """Build the backbone a :meth:`SkippableViT.config` describes and load ``state`` (timm keys) strictly.
-
-    Raises:
-        ValueError: The weights do not match the architecture (``where`` names the file).
-    """
-    vit = SkippableViT(config["model_name"], **config["model_kwargs"])
-    if config.get("kept_blocks") is not None:  # a pruned model: the source architecture, then its kept blocks
-        vit = vit.pruned(config["kept_blocks"])
-    try:
-        vit.vit.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{where}: weights do not match the architecture in its config: {exc}") from exc
-    structural = {"format", "format_version", "model_name", "model_kwargs", "num_classes", "depth", "embed_dim", "kept_blocks"}
-    vit.meta = {k: v for k, v in config.items() if k not in structural}
-    return vit
-
-
-def load_backbone(
-    path: str | os.PathLike, *, num_classes: int | None = None, device: str | torch.device = "cpu"
-) -> SkippableViT:
-    """Load a backbone written by :meth:`SkippableViT.save` (no pickle is ever read).
-
-    Args:
-        path: The ``.safetensors`` file.
-        num_classes: When given, the file must have exactly this many classes.
-        device: Where to put the model (returned in eval mode).
-
-    Raises:
-        FileNotFoundError: No such file.
-        ValueError: Not a vitskip backbone (truncated, foreign or wrong class count); the message says which.
-    """
-    config, state = read_vitskip_file(
-        path,
-        FORMAT,
-        missing="Train a backbone with `python train/backbone.py` or pass a preset name.",
-        resave="Re-save it with SkippableViT.save or re-train with train/backbone.py.",
-    )
-    if num_classes is not None and int(config["num_classes"]) != num_classes:
-        raise ValueError(
-            f"{str(path)!r} was trained for {config['num_classes']} classes (dataset {config.get('dataset', '?')!r}), "
-            f"but {num_classes} are needed. Train a backbone for this dataset with `python train/backbone.py --dataset ...`."
-        )
-    return backbone_from_config(config, state, repr(str(path))).to(device).eval()
+__all__ = ["FORMAT", "FORMAT_VERSION", "SkippableViT", "backbone_from_config", "load_backbone", "rows_per_block"]

@@ -20,7 +20,8 @@ without a gather.
 
 A saved ``DynamicViT`` is one safetensors file (``backbone.vit.*`` = the timm weights,
 ``policy.*`` = the policy network and observation statistics; its JSON config in the header and in
-a readable ``.json`` beside it), loaded without Stable-Baselines3 or pickle.
+a readable ``.json`` beside it), loaded without Stable-Baselines3 or pickle, and without trusting its
+header: every size it states is checked against the stored tensors first (:mod:`vitskip_env.fileformat`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import torch
 from torch import nn
 
 from ._io import atomic_path, atomic_write_text
-from .backbone import SkippableViT, backbone_from_config, read_vitskip_file
+from .backbone import SkippableViT
+from .backbone_io import backbone_from_config
 from .core import executed_fraction, run_executing_rows, skip_allowed
+from .fileformat import VitskipFileError, check_save_path, file_errors, read_vitskip_file, require, where_of
 from .fused import FusedDecision
 from .observations import encoder_for
 from .policy import DECISIONS, Decision, SkipPolicy, deterministic_action
@@ -76,14 +79,7 @@ class DynamicViT(nn.Module):
                 f"policy must be a SkipPolicy, got {type(policy).__name__}; convert a trained agent with "
                 "agents.export_policy(model, env)"
             )
-        expected = encoder_for(backbone, policy.encoder.mode).config()
-        got = policy.encoder.config()
-        if expected != got:
-            diff = {k: (got[k], expected[k]) for k in expected if got.get(k) != expected[k]}
-            raise ValueError(
-                f"the policy was trained on another backbone's observations: (policy, backbone) differ in {diff}. "
-                "Pair the policy with the backbone of the env it was trained in."
-            )
+        _check_encoder(backbone, policy.encoder.config())
         self.backbone = backbone
         self.policy = policy.to(next(backbone.parameters()).device)
         self.meta: dict[str, Any] = {}
@@ -176,14 +172,23 @@ class DynamicViT(nn.Module):
         """Logits for normalised images ``(B, 3, H, W)``, each image running only the blocks its policy chose.
 
         Args:
-            images: Normalised float images (``dataset.normalize(uint8_images)``).
+            images: Normalised float images (``dataset.normalize(uint8_images)``) of the backbone's dtype.
             return_mask: Also return the ``bool (B, depth)`` executed mask.
+
+        Raises:
+            TypeError: Integer images (not normalised) or another float dtype than the backbone's.
+            ValueError: Not a ``(B, C, H, W)`` batch (one ``(C, H, W)`` image needs ``images[None]``).
         """
         vit = self.backbone
+        _check_images(images)
         fused = self.fused
         if fused is not None and fused.is_stale(self.policy):
             fused = self.refold().fused  # the policy's weights were changed in place since the fold
-        tokens = vit.embed(images)
+        try:
+            tokens = vit.embed(images)
+        except RuntimeError as exc:  # diagnosed only on failure: the happy path pays nothing for it
+            _explain_dtype(images, vit, exc)
+            raise
         executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
         if fused is None or tokens.device.type != "cpu" or self._compiled_decide is not None:
             tokens = self._run_exact(tokens, executed)
@@ -303,15 +308,16 @@ class DynamicViT(nn.Module):
         """Write one safetensors file (weights + JSON config in its header) and a readable ``.json`` copy.
 
         Args:
-            path: Destination (``.safetensors``); written atomically.
+            path: Destination; must end in ``.safetensors`` (the config goes to ``<stem>.json``); written atomically.
             **meta: Extra JSON-serialisable entries (``dataset``, ``top1``, ``training``...).
 
         Raises:
+            ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
             NotImplementedError: The policy network cannot be described (see :mod:`vitskip_env.netspec`).
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
+        path = check_save_path(path)
         self.meta.update(meta)
         text = json.dumps(self.config(), indent=2, sort_keys=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -326,33 +332,68 @@ class DynamicViT(nn.Module):
 
         Raises:
             FileNotFoundError: No such file.
-            ValueError: Truncated, foreign, another vitskip format, a newer format version, or
-                weights that do not match the config; the message says which.
+            VitskipFileError: (a ``ValueError``) Truncated, foreign, another vitskip format, a newer
+                format version, a malformed or tampered header, or weights that do not match it; the
+                message names the file. Every size in the header is checked against the stored
+                tensors before anything is allocated.
         """
-        where = repr(str(path))
+        where = where_of(Path(path).expanduser())
         config, state = read_vitskip_file(
             path,
             FORMAT,
+            version=FORMAT_VERSION,
             missing="Every training run writes dynamic_vit.safetensors into its run directory; or build one with "
             "DynamicViT(backbone, agents.export_policy(model, env)).save(path).",
             resave="Re-save it with DynamicViT.save.",
         )
-        if int(config.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{where} has format version {config['format_version']}, newer than this vitskip reads "
-                f"({FORMAT_VERSION}); upgrade vitskip."
-            )
         groups: dict[str, dict[str, torch.Tensor]] = {"backbone.vit.": {}, "policy.": {}}
         for key, value in state.items():
             prefix = next((p for p in groups if key.startswith(p)), None)
             if prefix is None:
-                raise ValueError(f"{where}: unexpected tensor {key!r} (only 'backbone.vit.*' and 'policy.*' belong here)")
+                raise VitskipFileError(
+                    f"{where}: unexpected tensor {key!r} (only 'backbone.vit.*' and 'policy.*' belong here)"
+                )
             groups[prefix][key[len(prefix) :]] = value
-        backbone = backbone_from_config(config["backbone"], groups["backbone.vit."], where)
-        try:
-            policy = SkipPolicy.from_config(config["policy"], groups["policy."])
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
-        dyn = cls(backbone, policy)
+        backbone = backbone_from_config(require(config, "backbone", dict, where), groups["backbone.vit."], where)
+        with file_errors(where, "policy config"):
+            policy_config = require(config, "policy", dict, where)
+            _check_encoder(backbone, require(policy_config, "encoder", dict, where, "policy config"))
+            policy = SkipPolicy.from_config(policy_config, groups["policy."])
+            dyn = cls(backbone, policy)
         dyn.meta = {k: v for k, v in config.items() if k not in ("format", "format_version", "backbone", "policy")}
         return dyn.to(device).eval()
+
+
+def _check_encoder(backbone: SkippableViT, got: dict[str, Any]) -> None:
+    """The policy's encoder config must be the one the backbone's env gives (checked before a policy is built)."""
+    expected = encoder_for(backbone, got.get("mode", "flat")).config()
+    if expected != got:
+        diff = {k: (got.get(k), expected[k]) for k in expected if got.get(k) != expected[k]}
+        raise ValueError(
+            f"the policy was trained on another backbone's observations: (policy, backbone) differ in {diff}. "
+            "Pair the policy with the backbone of the env it was trained in."
+        )
+
+
+def _check_images(images: torch.Tensor) -> None:
+    """Refuse what the blocks would fail on deep inside timm, saying how to fix it (a few cheap attribute reads)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"DynamicViT takes a float tensor of images (B, 3, H, W), got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"DynamicViT got {images.dtype} images: it takes normalised float images. Normalise them first "
+            "(dataset.normalize(images) for the dataset's uint8 images, or (images / 255 - mean) / std)."
+        )
+    if images.ndim != 4:
+        hint = "; add a batch dimension: images[None]" if images.ndim == 3 else ""
+        raise ValueError(f"DynamicViT takes a batch of images (B, C, H, W), got shape {tuple(images.shape)}{hint}")
+
+
+def _explain_dtype(images: torch.Tensor, vit: SkippableViT, exc: RuntimeError) -> None:
+    """Re-raise an embedding failure caused by images of another float dtype than the backbone's as a clear TypeError."""
+    weight = next(vit.vit.patch_embed.parameters(), None)
+    if weight is not None and images.dtype != weight.dtype:
+        raise TypeError(
+            f"DynamicViT got {images.dtype} images but its backbone is {weight.dtype}: cast the images "
+            f"(images.to({weight.dtype})), or the backbone (dyn.backbone.to({images.dtype})); the policy stays float32."
+        ) from exc

@@ -197,12 +197,58 @@ def flat_sequential(net: nn.Module) -> nn.Sequential:
     return nn.Sequential(*_leaves(net))
 
 
+#: The most layers (nested ones included) a described network may have, and the longest list in a layer.
+MAX_LAYERS = 1024
+#: The deepest nesting of sub-networks (``Columns`` / ``ConcatKeys``) a described network may have.
+MAX_NESTING = 8
+
+
+def check_spec(spec: Any) -> None:
+    """Check the shape of a layer list before anything is built: lists of layer dicts, bounded in size.
+
+    Raises:
+        ValueError: Not a list of ``{"type": ...}`` dicts, more than :data:`MAX_LAYERS` layers or list
+            entries, or sub-networks nested deeper than :data:`MAX_NESTING`.
+    """
+    count = 0
+
+    def walk(layers: Any, level: int) -> None:
+        nonlocal count
+        if level > MAX_NESTING:
+            raise ValueError(f"sub-networks are nested more than {MAX_NESTING} deep")
+        if not isinstance(layers, list):
+            raise ValueError(f"a network must be a list of layer dicts, got {type(layers).__name__}")
+        for entry in layers:
+            count += 1
+            if count > MAX_LAYERS:
+                raise ValueError(f"a network may have at most {MAX_LAYERS} layers")
+            if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+                raise ValueError(f"each layer must be a dict with a 'type' string, got {entry!r:.200}")
+            if any(isinstance(v, list) and len(v) > MAX_LAYERS for v in entry.values()):
+                raise ValueError(f"a {entry['type']} layer has a list longer than {MAX_LAYERS} entries")
+            nets = entry.get("nets", {})
+            if not isinstance(nets, dict):
+                raise ValueError(f"'nets' of a {entry['type']} layer must be a dict, got {type(nets).__name__}")
+            for sub in nets.values():
+                walk(sub, level + 1)
+
+    walk(spec, 0)
+
+
 def build_net(spec: Sequence[Mapping[str, Any]]) -> nn.Sequential:
     """Rebuild a network from :func:`describe_net`'s list (fresh, untrained weights).
 
+    The list is checked first (:func:`check_spec`); build it under ``torch.device("meta")`` to see
+    its parameter shapes without allocating them.
+
     Raises:
-        ValueError: An unknown layer type or bad arguments (a corrupt or newer file).
+        ValueError: A malformed list, an unknown layer type or bad arguments (a corrupt or newer file).
     """
+    check_spec(spec)
+    return _build(spec)
+
+
+def _build(spec: Sequence[Mapping[str, Any]]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for entry in spec:
         args = {k: v for k, v in entry.items() if k != "type"}
@@ -215,7 +261,7 @@ def build_net(spec: Sequence[Mapping[str, Any]]) -> nn.Sequential:
             elif kind == "Flatten":
                 layers.append(nn.Flatten(**args))
             elif kind in ("Columns", "ConcatKeys"):
-                nets = {k: build_net(v) for k, v in args.pop("nets", {}).items()}
+                nets = {k: _build(v) for k, v in args.pop("nets", {}).items()}
                 layers.append((Columns if kind == "Columns" else ConcatKeys)(**args, nets=nets))
             elif kind == "QuantileMean":
                 layers.append(QuantileMean(**args))
@@ -223,6 +269,6 @@ def build_net(spec: Sequence[Mapping[str, Any]]) -> nn.Sequential:
                 layers.append(getattr(nn, kind)(**args))
             else:
                 raise ValueError(f"unknown layer type {kind!r}; known: {supported_layers()}")
-        except TypeError as exc:
-            raise ValueError(f"bad arguments for layer {entry!r}: {exc}") from exc
+        except (TypeError, RuntimeError) as exc:
+            raise ValueError(f"bad arguments for layer {entry!r:.300}: {exc}") from exc
     return nn.Sequential(*layers)

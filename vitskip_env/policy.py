@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import SkipCore, check_constraints
+from .fileformat import shape_mismatches
 from .netspec import build_net, describable, describe_net, flat_sequential
 from .observations import ObservationEncoder
 
@@ -220,9 +221,19 @@ class SkipPolicy(nn.Module):
     def from_config(cls, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> SkipPolicy:
         """Rebuild from :meth:`config` and this module's ``state_dict`` (strict).
 
+        The network is first built on the ``meta`` device and its parameter shapes compared with
+        ``state``, so a config naming huge layers fails before anything is allocated.
+
         Raises:
-            ValueError: The state does not match the configured network.
+            ValueError: A malformed network description, or a state that does not match it.
         """
+        spec = config["net"]
+        with torch.device("meta"):
+            probe = build_net(spec)
+        expected = {f"net.{k}": v for k, v in probe.state_dict().items()}
+        problems = shape_mismatches(expected, {k: v for k, v in state.items() if k.startswith("net.")})
+        if problems:
+            raise ValueError(f"policy weights do not match the network in its config: {problems}")
         norm = config.get("obs_norm")
         stats: dict[str, Any] = {}
         if norm is not None:
@@ -233,7 +244,7 @@ class SkipPolicy(nn.Module):
             if stats["obs_mean"] is None or stats["obs_var"] is None:
                 raise ValueError("the config says the observations are normalised but obs_mean / obs_var are missing")
         policy = cls(
-            build_net(config["net"]),
+            build_net(spec),
             ObservationEncoder(**config["encoder"]),
             decision=config["decision"],
             min_blocks=config["min_blocks"],

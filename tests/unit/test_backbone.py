@@ -153,3 +153,24 @@ def test_pretrained_weights_from_local_file(tmp_path) -> None:
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(file))
     vit = SkippableViT("vit_tiny_patch16_224", pretrained_file=file, num_classes=4, **SMALL)
     assert torch.equal(vit.vit.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("name", ["model.json", "w.md", "weights", "bb.safetensors.json"])
+def test_save_refuses_paths_that_are_not_safetensors(name: str, tmp_path) -> None:
+    vit = SkippableViT("micro", num_classes=3)
+    with pytest.raises(ValueError, match=r"must end in '\.safetensors'"):
+        vit.save(tmp_path / name, dataset="shapes")
+    assert list(tmp_path.iterdir()) == [] and "dataset" not in vit.meta
+
+
+def test_pruned_model_loads_without_building_its_source(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = SkippableViT("micro", num_classes=3, drop_path_rate=0.3)
+    pruned = source.pruned([0, 2, 3]).eval()
+    loaded = load_backbone(pruned.save(tmp_path / "p.safetensors"))
+    assert loaded.kept_blocks == [0, 2, 3] and loaded.model_kwargs == pruned.model_kwargs
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    rates = [[getattr(b.drop_path1, "drop_prob", 0.0) for b in m.blocks] for m in (pruned.vit, loaded.vit)]
+    assert rates[0] == rates[1] and rates[0][0] == 0.0 and rates[0][1] > 0

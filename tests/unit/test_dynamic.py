@@ -289,3 +289,25 @@ def test_compiled_path_gives_the_same_result(micro: tuple) -> None:
         assert set(dyn.state_dict()) == set(reference.state_dict())
     finally:
         torch._dynamo.reset()
+
+
+def test_save_refuses_paths_that_are_not_safetensors(micro: tuple, tmp_path: Path) -> None:
+    vit, _ = micro
+    dyn = DynamicViT(vit, block_policy(encoder_for(vit)))
+    for name in ("model.json", "w.md"):
+        with pytest.raises(ValueError, match=r"must end in '\.safetensors'"):
+            dyn.save(tmp_path / name, dataset="shapes")
+    assert list(tmp_path.iterdir()) == [] and dyn.meta == {}
+
+
+def test_wrong_inputs_say_how_to_fix_them(micro: tuple) -> None:
+    vit, x = micro
+    dyn = DynamicViT(vit, block_policy(encoder_for(vit))).eval()
+    with pytest.raises(TypeError, match=r"torch.uint8 images.*normalize\(images\)"):
+        dyn((x * 50).clamp(0, 255).to(torch.uint8))
+    with pytest.raises(TypeError, match=r"torch.float16 images but its backbone is torch.float32.*images.to\(torch.float32\)"):
+        dyn(x.half())
+    with pytest.raises(ValueError, match=r"\(3, 32, 32\); add a batch dimension: images\[None\]"):
+        dyn(x[0])
+    with torch.inference_mode():
+        assert torch.equal(dyn(x[0][None]), dyn(x[:1]))
