@@ -24,6 +24,7 @@ from .fileformat import (
     check_shapes,
     check_version,
     file_errors,
+    on_meta,
     read_vitskip_file,
     require,
     stored_block_count,
@@ -89,7 +90,7 @@ def _build(name: str, kwargs: dict[str, Any], kept: list[int] | None, where: str
     """The checked architecture (its kept blocks only for a pruned model), never with pretrained weights."""
     build = kwargs if kept is None else {**kwargs, "depth": len(kept)}
     if meta:  # a config timm or SkippableViT rejects is a malformed file; found here, before anything is allocated
-        with file_errors(where, "backbone config"), torch.device("meta"):
+        with file_errors(where, "backbone config"), on_meta():
             vit = SkippableViT(name, pretrained=False, pretrained_file=None, **build)
     else:
         vit = SkippableViT(name, pretrained=False, pretrained_file=None, **build)

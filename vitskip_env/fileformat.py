@@ -82,6 +82,31 @@ ARCH_KWARGS: dict[str, str | tuple[Any, ...]] = {
 }
 
 
+class _MetaFactories(torch.overrides.TorchFunctionMode):
+    """Tensor factories without a device build on ``meta``; ``linspace`` stays on the CPU (timm < 1.0.20
+    turns its drop-path ``linspace`` into floats with ``.item()``, which ``meta`` tensors refuse)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "cpu" if func is torch.linspace else "meta"
+        return func(*args, **kwargs)
+
+
+def _factories() -> frozenset:
+    from torch.utils._device import _device_constructors  # the set torch.device("meta") itself uses
+
+    return frozenset(_device_constructors())
+
+
+_FACTORIES = _factories()
+
+
+def on_meta() -> contextlib.AbstractContextManager:
+    """Build modules inside this context to get their parameter shapes without allocating them."""
+    return _MetaFactories()
+
+
 class VitskipFileError(ValueError):
     """A vitskip file that is malformed, tampered with, of an unknown version or inconsistent; the message names it."""
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import SkipCore, check_constraints
-from .fileformat import shape_mismatches
+from .fileformat import on_meta, shape_mismatches
 from .netspec import build_net, describable, describe_net, flat_sequential
 from .observations import ObservationEncoder
 
@@ -228,7 +228,7 @@ class SkipPolicy(nn.Module):
             ValueError: A malformed network description, or a state that does not match it.
         """
         spec = config["net"]
-        with torch.device("meta"):
+        with on_meta():
             probe = build_net(spec)
         expected = {f"net.{k}": v for k, v in probe.state_dict().items()}
         problems = shape_mismatches(expected, {k: v for k, v in state.items() if k.startswith("net.")})
