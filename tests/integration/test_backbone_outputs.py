@@ -18,22 +18,12 @@ sys.path.insert(0, str(ROOT / "train"))
 
 import backbone as train_backbone  # noqa: E402
 import backbone_checks  # noqa: E402
+from test_train_backbone import _args as tiny_args  # noqa: E402
 
 
 def _args(out: Path, **overrides) -> train_backbone.Args:
-    base = dict(
-        preset="micro",
-        train_images=128,
-        batch_size=64,
-        eval_images=64,
-        eval_every=1,
-        warmup_epochs=0.5,
-        threads=1,
-        epochs=1,
-        out=str(out),
-    )
-    base.update(overrides)
-    return train_backbone.Args(**base)
+    """The tiny run of ``test_train_backbone``, shorter still (one epoch on 128 images)."""
+    return tiny_args(out, **{"train_images": 128, "eval_images": 64, "epochs": 1, **overrides})
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

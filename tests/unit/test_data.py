@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,8 @@ def test_missing_dataset_names_folder_and_fix(tmp_path: Path, name: str, folder:
         make_dataset(name, "test", root=root)
     message = str(info.value)
     assert str(root / folder) in message and "download" in message and "VITSKIP_DATA" in message
+    assert re.search(r"gym\.make\([^)]*download=True\)", message), message  # the env keyword, not only the flag
+    assert f"make_dataset({name!r}, download=True)" in message and "--download" in message and "data_root" in message
     assert not root.exists()  # nothing was fetched or created
 
 

@@ -209,20 +209,6 @@ def test_registered_loader_with_bad_labels_fails_in_make_dataset(monkeypatch: py
 
 
 # --------------------------------------------------------------------------------- missing / download
-@pytest.mark.parametrize(
-    ("name", "folder"),
-    [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("tinyimagenet", "tiny-imagenet-200")],
-)
-def test_missing_dataset_error_names_the_env_keyword(tmp_path: Path, name: str, folder: str) -> None:
-    root = tmp_path / "nothing-here"
-    with pytest.raises(FileNotFoundError) as info:
-        make_dataset(name, "test", root=root)
-    message = str(info.value)
-    assert re.search(r"gym\.make\([^)]*download=True\)", message), message
-    assert f"make_dataset({name!r}, download=True)" in message and "--download" in message
-    assert "data_root" in message and str(root / folder) in message
-
-
 def _offline(exc: Exception) -> object:
     def urlopen(*args: object, **kwargs: object) -> None:
         raise exc
