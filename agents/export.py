@@ -1,9 +1,9 @@
-"""Trained agent (Stable-Baselines3 or ours) -> :class:`~vitskip_env.policy.SkipPolicy` for ``DynamicViT``.
+"""Trained agent (Stable-Baselines3 or ours) -> :class:`~vitskip_env.deploy.policy.SkipPolicy` for ``DynamicViT``.
 
 The exported policy takes exactly the actions of ``model.predict(obs, deterministic=True)`` on the
 same observations: the agent's own layers are copied (features extractor, actor latent network,
 action head), the deterministic rule of its action distribution is reproduced bit for bit
-(:func:`~vitskip_env.policy.deterministic_action`), and a ``VecNormalize`` observation
+(:func:`~vitskip_env.deploy.policy.deterministic_action`), and a ``VecNormalize`` observation
 normalisation is folded in. The encoder and the constraints (``min_blocks``, ``always_execute``)
 come from the training env, so deployment obeys the rules training did.
 
@@ -16,7 +16,7 @@ Supported agents:
   of observations to ``(N, 2)`` logits whose deterministic action is their argmax.
 - Any object with ``skip_policy_spec() -> (net, {"decision": ...})`` (the protocol below).
 
-Saving (``DynamicViT.save``) needs a network ``vitskip_env.netspec`` can describe: MLPs, SB3's
+Saving (``DynamicViT.save``) needs a network ``vitskip_env.deploy.netspec`` can describe: MLPs, SB3's
 ``FlattenExtractor`` / vector ``CombinedExtractor`` and the flat / dict extractors of
 ``agents/extractors.py`` are converted; the attention extractor (``obs_mode="tokens"``) and other
 custom modules run in memory but raise ``NotImplementedError`` on save. An extractor can opt in by
@@ -27,7 +27,7 @@ observation batch as the env gives it (float32 tensor ``(N, obs_dim)``, or a dic
 ``obs_mode`` ``"dict"`` / ``"tokens"``) to ``(N, 2)`` action scores (0 = skip, 1 = execute), and
 ``config["decision"]`` is ``"categorical"`` (``argmax(Categorical(logits=net(obs)).probs)``) or
 ``"argmax"`` (``net(obs).argmax(1)``); make ``predict(..., deterministic=True)`` use the same rule,
-ideally by calling ``vitskip_env.policy.deterministic_action``.
+ideally by calling ``vitskip_env.deploy.policy.deterministic_action``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import numpy as np
 from gymnasium import spaces
 from torch import nn
 
-from vitskip_env.core import SkipCore
-from vitskip_env.netspec import Columns, ConcatKeys, QuantileMean, describable
+from vitskip_env.deploy.netspec import Columns, ConcatKeys, QuantileMean, describable
+from vitskip_env.deploy.policy import DECISIONS, Decision, SkipPolicy
+from vitskip_env.env import SkipCore
 from vitskip_env.observations import ObservationEncoder
-from vitskip_env.policy import DECISIONS, Decision, SkipPolicy
 
 from .extractors import DictSkipExtractor, FlatSkipExtractor
 

@@ -5,7 +5,7 @@
     python train/benchmark.py --model dyn.safetensors --dataset cifar100 --device cuda --dtype bf16
     python train/benchmark.py --arch vit_tiny_patch16_224 --img-size 224   # speed only, random weights
 
-Contenders (``vitskip_env.benchmarking``): ``static`` (all blocks), ``dynamic`` (the DynamicViT, its
+Contenders (``vitskip_env.measure.contenders``): ``static`` (all blocks), ``dynamic`` (the DynamicViT, its
 policy's cost included), ``random`` (each image executes as many blocks as the policy gave it, at
 random blocks), ``static_subset`` (the best fixed subset with the policy's mean depth rounded, found
 exhaustively on the ``val`` split by ``agents.nsga2.evaluate_subsets``, or given with ``--subset``).
@@ -15,7 +15,7 @@ Writes ``benchmark.csv`` / ``.parquet`` / ``.png`` / ``.svg`` / ``.md`` into ``-
 
 ``--arch`` measures speed only, on any timm ViT geometry: a random-weight backbone with a
 random-weight policy of the agents' default network, calibrated to execute ``--execute-fraction``
-of the blocks (``vitskip_env.synthetic``), on the test images resized to ``--img-size``. No
+of the blocks (``vitskip_env.measure.synthetic``), on the test images resized to ``--img-size``. No
 top-1, no static subset, no memory probe.
 """
 
@@ -138,7 +138,7 @@ def main(args: Args) -> Path:
 
     from analysis.plots import plot_throughput, save_figure
     from vitskip_env import DynamicViT, make_dataset
-    from vitskip_env.benchmarking import accuracy_table, measure_speed, peak_memory_mib
+    from vitskip_env.measure import accuracy_table, measure_speed, peak_memory_mib
 
     common.set_threads(args.threads)
     device = common.resolve_device(args.device)
@@ -205,9 +205,8 @@ def main_synthetic(args: Args, device: torch.device, dtype: torch.dtype) -> Path
 
     from analysis.plots import plot_throughput, save_figure
     from vitskip_env import SkippableViT, make_dataset
-    from vitskip_env.benchmarking import measure_speed
     from vitskip_env.data import ImageDataset
-    from vitskip_env.synthetic import synthetic_dynamic_vit
+    from vitskip_env.measure import measure_speed, synthetic_dynamic_vit
 
     source = make_dataset(args.dataset or "shapes", "test", args.data_root, False, device)
     n = min(len(source), max(256, max(args.batch_sizes)))

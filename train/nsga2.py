@@ -426,7 +426,7 @@ def load_dynamic(run_dir: Path, device: torch.device, env_id: str):
 
 def load_env_backbone(args: Args, device: torch.device):
     """``--backbone`` or the env's default backbone, for the env's dataset."""
-    from vitskip_env.options import resolve_backbone
+    from vitskip_env.env.options import resolve_backbone
 
     return resolve_backbone(args.backbone, "trained", split(args, "val", device), device).to(device).eval()
 

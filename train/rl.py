@@ -150,7 +150,7 @@ def validate(args: RLArgs) -> dict[str, Any]:
     except ValueError as err:
         raise RunArgumentError(f"--algo: {err}") from None
     try:
-        from vitskip_env.options import EnvOptions
+        from vitskip_env.env import EnvOptions
 
         EnvOptions(**{k: v for k, v in env_kwargs(args).items() if k != "backbone"}).validate()
     except (TypeError, ValueError) as err:
@@ -319,7 +319,7 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     """Export the DynamicViT, evaluate it against the static backbone, write eval.parquet and the summaries."""
     from agents import evaluate_agent, export_policy
     from vitskip_env import DynamicViT, make_dataset
-    from vitskip_env.speed import compare_speed
+    from vitskip_env.measure import compare_speed
 
     backbone = env.unwrapped.backbone
     dyn = DynamicViT(backbone, export_policy(model, env)).eval()

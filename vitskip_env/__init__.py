@@ -1,24 +1,33 @@
 """vitskip environments: learn, per image, which Vision Transformer blocks to skip.
 
 Importing the package registers the Gymnasium ids (idempotently; Gymnasium 1.x ignores entry-point
-plugins, so registration happens on import).
+plugins, so registration happens on import) and nothing more: it imports neither torch nor timm.
+The public names below load on first use (PEP 562), from the wing that owns them:
+
+- ``vitskip_env.model``: ``SkippableViT``, ``load_backbone``, presets, file formats (timm lives here);
+- ``vitskip_env.data``: ``make_dataset``, ``ImageDataset``, the built-in ``shapes`` and real datasets;
+- ``vitskip_env.observations`` / ``vitskip_env.rules``: the contract the env and deployment share;
+- ``vitskip_env.env``: ``SkipCore``, ``ViTSkipEnv``, ``ViTSkipVectorEnv``, options, rewards;
+- ``vitskip_env.deploy``: ``SkipPolicy``, ``DynamicViT``;
+- ``vitskip_env.measure``: accuracy, speed, memory and env throughput measurements.
 """
 
+from __future__ import annotations
+
+import importlib
 import importlib.util
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from .backbone import SkippableViT, load_backbone, rows_per_block
-from .core import SkipCore
-from .cotrain import CotrainConfig
-from .data import ImageDataset, available_datasets, make_dataset
-from .dynamic import DynamicViT
-from .env import ViTSkipEnv
-from .observations import ObservationEncoder
-from .policy import SkipPolicy
-from .presets import PRESETS
-from .rewards import RewardContext
-from .vector_env import ViTSkipVectorEnv
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
+    from .data import ImageDataset, available_datasets, make_dataset
+    from .deploy import DynamicViT, SkipPolicy
+    from .env import CotrainConfig, RewardContext, SkipCore, ViTSkipEnv, ViTSkipVectorEnv
+    from .model import PRESETS, SkippableViT, load_backbone, rows_per_block
+    from .observations import ObservationEncoder
+
+__version__ = "0.1.0"
 
 #: Registered id -> dataset name (ids differ only in ``kwargs``).
 ENV_IDS: dict[str, str] = {
@@ -30,6 +39,29 @@ ENV_IDS: dict[str, str] = {
 if importlib.util.find_spec("sklearn") is not None:
     ENV_IDS["ViTSkip-Digits-v0"] = "digits"
 
+#: Gymnasium entry points (strings: nothing is imported until an env is made).
+ENTRY_POINT = "vitskip_env.env.single_env:ViTSkipEnv"
+VECTOR_ENTRY_POINT = "vitskip_env.env.vector_env:ViTSkipVectorEnv"
+
+#: Public name -> the module that defines it (imported on first attribute access).
+_LAZY: dict[str, str] = {
+    "SkippableViT": "vitskip_env.model",
+    "load_backbone": "vitskip_env.model",
+    "rows_per_block": "vitskip_env.model",
+    "PRESETS": "vitskip_env.model",
+    "ImageDataset": "vitskip_env.data",
+    "available_datasets": "vitskip_env.data",
+    "make_dataset": "vitskip_env.data",
+    "ObservationEncoder": "vitskip_env.observations",
+    "SkipCore": "vitskip_env.env",
+    "ViTSkipEnv": "vitskip_env.env",
+    "ViTSkipVectorEnv": "vitskip_env.env",
+    "CotrainConfig": "vitskip_env.env",
+    "RewardContext": "vitskip_env.env",
+    "SkipPolicy": "vitskip_env.deploy",
+    "DynamicViT": "vitskip_env.deploy",
+}
+
 
 def register_envs() -> list[str]:
     """Register every id in :data:`ENV_IDS` that is not registered yet; returns the ids registered now."""
@@ -37,14 +69,23 @@ def register_envs() -> list[str]:
     for env_id, dataset in ENV_IDS.items():
         if env_id in gym.registry:
             continue
-        gym.register(
-            id=env_id,
-            entry_point="vitskip_env.env:ViTSkipEnv",
-            vector_entry_point="vitskip_env.vector_env:ViTSkipVectorEnv",
-            kwargs={"dataset": dataset},
-        )
+        gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs={"dataset": dataset})
         added.append(env_id)
     return added
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its wing on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitskip_env' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 register_envs()
@@ -68,4 +109,3 @@ __all__ = [
     "register_envs",
     "rows_per_block",
 ]
-__version__ = "0.1.0"

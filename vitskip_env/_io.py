@@ -45,3 +45,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def default_root() -> Path:
+    """Where real datasets are looked for: ``$VITSKIP_DATA``, else ``<user cache>/vitskip/data``."""
+    env = os.environ.get("VITSKIP_DATA")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """The package's cache folder: ``$VITSKIP_HOME``, else ``$XDG_CACHE_HOME/vitskip`` or ``~/.cache/vitskip``."""
+    env = os.environ.get("VITSKIP_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "vitskip"

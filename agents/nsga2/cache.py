@@ -27,7 +27,7 @@ from collections.abc import Hashable
 
 import torch
 
-from vitskip_env.fused import weights_key
+from vitskip_env.deploy import weights_key
 
 from .trie import State
 

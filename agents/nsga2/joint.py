@@ -4,7 +4,7 @@ A trained agent (a :class:`~vitskip_env.DynamicViT`) keeps deciding per image, b
 blocks a subset keeps: removed blocks are forced skipped (and the agent sees them as skipped, as if it
 had skipped them itself). The fitness of a subset is the environment's episode reward averaged over
 the fitness images: ``accuracy_weight * correct + confidence_weight * log p(true class) -
-compute_weight * (cost share of the executed blocks)`` (:mod:`vitskip_env.rewards`), so the GA sees
+compute_weight * (cost share of the executed blocks)`` (:mod:`vitskip_env.env.rewards`), so the GA sees
 the skipping dynamics: removing a block the agent rarely runs costs little, removing one it relies
 on costs accuracy. Objectives: maximise the mean reward, minimise the kept blocks (a smaller model).
 
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from pymoo.core.problem import Problem
 from torch import nn
 
-from vitskip_env.core import run_executing_rows
-from vitskip_env.costs import CostModel, block_costs
 from vitskip_env.data import ImageDataset
-from vitskip_env.dynamic import DynamicViT
-from vitskip_env.rewards import CONFIDENCE_FLOOR, DEFAULT_WEIGHTS, WEIGHT_NAMES
+from vitskip_env.deploy import DynamicViT
+from vitskip_env.env.core import run_executing_rows
+from vitskip_env.env.rewards import CONFIDENCE_FLOOR, DEFAULT_WEIGHTS, WEIGHT_NAMES
+from vitskip_env.model.costs import CostModel, block_costs
 
 from .cache import PrefixCache, fingerprint
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, str_to_mask

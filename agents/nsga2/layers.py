@@ -30,11 +30,10 @@ from pymoo.operators.mutation.bitflip import BitflipMutation
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
-from vitskip_env.augment import random_crop_flip
-from vitskip_env.backbone import SkippableViT
-from vitskip_env.class_token import class_token_ready, run_block_class_token
-from vitskip_env.costs import CostModel, block_costs
 from vitskip_env.data import ImageDataset
+from vitskip_env.data.augment import random_crop_flip
+from vitskip_env.model import SkippableViT, class_token_ready, run_block_class_token
+from vitskip_env.model.costs import CostModel, block_costs
 
 from .cache import PrefixCache, fingerprint
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, str_to_mask, write_front
@@ -92,7 +91,7 @@ def evaluate_subsets(
         labels: ``int64 (N,)``.
         dataset: Normalises uint8 images (``dataset.normalize``).
         batch_size: Images per chunk, i.e. rows per block call (large on a GPU, ~256 on a CPU).
-        costs: ``"flops"`` / ``"latency"`` (:func:`vitskip_env.costs.block_costs`; latency is measured
+        costs: ``"flops"`` / ``"latency"`` (:func:`vitskip_env.model.costs.block_costs`; latency is measured
             at every call, so pass the tensor when calling repeatedly) or a ``(depth,)`` share per block.
         cache: Token states of trie nodes kept from earlier calls on the same backbone, images and
             ``batch_size`` (:class:`agents.nsga2.cache.PrefixCache`; it empties itself when any of them
@@ -371,7 +370,7 @@ def finetune(
 ) -> SkippableViT:
     """A short AdamW fine-tune of ``model`` (e.g. a pruned subset) on ``train``, in place; returned in eval mode.
 
-    Random batches with crop + flip augmentation (:func:`vitskip_env.augment.random_crop_flip`),
+    Random batches with crop + flip augmentation (:func:`vitskip_env.data.augment.random_crop_flip`),
     label smoothing, cosine decay from ``lr`` to 0 and gradient clipping at 1, like ``train/backbone.py``
     but without its warm-up, curriculum and block dropping (the subset is static).
     """

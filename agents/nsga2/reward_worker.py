@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from vitskip_env import DynamicViT, ImageDataset, SkippableViT, SkipPolicy, make_dataset
-from vitskip_env.costs import flops_costs
-from vitskip_env.options import EnvOptions, load_split, resolve_backbone, resolve_device
+from vitskip_env.env.options import EnvOptions, load_split, resolve_backbone, resolve_device
+from vitskip_env.model import flops_costs
 
 #: Searched parameters that are env (reward) keyword arguments.
 REWARD_PARAMS: tuple[str, ...] = ("accuracy_weight", "compute_weight", "confidence_weight")

@@ -205,7 +205,7 @@ def search_rewards(
     if clash:
         raise ValueError(f"{clash} are searched by the reward search; leave them out of agent_kwargs")
     if dask_scheduler is None:
-        from vitskip_env.options import resolve_device
+        from vitskip_env.env.options import resolve_device
 
         resolve_device(device)  # a GPU asked for on a machine without one fails here, not in every worker
     stale = sorted(out.glob(f"{MODELS_DIR}/rewards-*.safetensors"))
@@ -258,7 +258,7 @@ def _env_kwargs(env_id: str, env_kwargs: Mapping[str, Any] | None, variables: Ma
     import gymnasium as gym
 
     import vitskip_env  # registers the ids
-    from vitskip_env.options import EnvOptions
+    from vitskip_env.env import EnvOptions
 
     try:
         spec = gym.spec(env_id)

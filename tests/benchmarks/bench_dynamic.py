@@ -26,7 +26,7 @@ import torch
 
 from vitskip_env import DynamicViT
 from vitskip_env._io import atomic_write_text
-from vitskip_env.synthetic import synthetic_dynamic_vit
+from vitskip_env.measure import synthetic_dynamic_vit
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -100,10 +100,10 @@ def test_decision_overhead_per_block() -> None:
     shape = f"{vit.depth} blocks, D={vit.embed_dim}, {vit.num_tokens} tokens"
     lines = [
         f"# DynamicViT decision cost, {preset} preset ({shape}), CPU, {threads} thread(s), random weights "
-        "(`vitskip_env.synthetic`, half the blocks executed)",
+        "(`vitskip_env.measure.synthetic`, half the blocks executed)",
         "",
         "`uv run pytest -m benchmark tests/benchmarks/bench_dynamic.py -s`; medians. *exact*: the policy network "
-        "layer by layer (what the env computes); *folded*: `vitskip_env.fused` (NumPy on the host up to 16 images; "
+        "layer by layer (what the env computes); *folded*: `vitskip_env.deploy.fused` (NumPy on the host up to 16 images; "
         "token features kept across skips in `forward`), the default on CPU, with the same decisions"
         + (
             "; *compiled*: `DynamicViT.compiled()` (every block and the exact decision through `torch.compile`, "

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitskip_env.presets import find_backbone
-from vitskip_env.throughput import measure_env_throughput, write_results
+from vitskip_env.measure.env_throughput import measure_env_throughput, write_results
+from vitskip_env.model import find_backbone
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 

@@ -31,7 +31,7 @@ from agents.nsga2.summaries import md_table
 from agents.nsga2.trie import block_runs
 from vitskip_env import make_dataset
 from vitskip_env._io import atomic_path, atomic_write_text
-from vitskip_env.options import resolve_backbone
+from vitskip_env.env.options import resolve_backbone
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GOAL = 5.0
@@ -221,7 +221,7 @@ def test_vectorised_population_scoring() -> None:
         "Where the speed-up comes from: each chunk of images is embedded once instead of once per individual (the demo's conv "
         "stem costs about one block), a block runs once per distinct prefix of kept blocks instead of once per "
         "individual keeping it (column 3), and a block that is the last one of every subset below it in the prefix trie "
-        "runs for the class token alone (`vitskip_env/class_token.py`: about a quarter of a block here). Scoring one "
+        "runs for the class token alone (`vitskip_env/model/class_token.py`: about a quarter of a block here). Scoring one "
         "individual alone also ends on such a block, so both sides gain that on their last block; the population "
         "gains it on every leaf of its trie. On a CPU the work is compute-bound, so the speed-up tracks the work "
         "shared; random populations share fewer prefixes than converged or exhaustive ones. The whole-search row sums "

@@ -19,7 +19,7 @@ from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, load_chec
 from agents.checkpoint import FORMAT
 from agents.evaluation import spearman
 from vitskip_env import ViTSkipVectorEnv
-from vitskip_env.evaluate import evaluate_backbone
+from vitskip_env.measure import evaluate_backbone
 
 N, DEPTH = 8, 4
 

@@ -47,8 +47,8 @@ def test_ids_are_registered_with_both_entry_points() -> None:
     assert ("ViTSkip-Digits-v0" in ENV_IDS) == (importlib.util.find_spec("sklearn") is not None)
     for env_id, dataset in ENV_IDS.items():
         spec = gym.spec(env_id)
-        assert spec.entry_point == "vitskip_env.env:ViTSkipEnv"
-        assert spec.vector_entry_point == "vitskip_env.vector_env:ViTSkipVectorEnv"
+        assert spec.entry_point == "vitskip_env.env.single_env:ViTSkipEnv"
+        assert spec.vector_entry_point == "vitskip_env.env.vector_env:ViTSkipVectorEnv"
         assert spec.kwargs == {"dataset": dataset}
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitskip_env import CotrainConfig, ViTSkipVectorEnv, make_dataset
-from vitskip_env.evaluate import random_skip_top1
+from vitskip_env.measure import random_skip_top1
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -7,8 +7,8 @@ import pytest
 
 import vitskip_env  # noqa: F401
 from vitskip_env import load_backbone, make_dataset
-from vitskip_env.evaluate import evaluate_backbone, random_skip_top1
-from vitskip_env.presets import ASSETS_DIR, find_backbone
+from vitskip_env.measure import evaluate_backbone, random_skip_top1
+from vitskip_env.model.presets import ASSETS_DIR, find_backbone
 
 
 def test_default_env_uses_the_shipped_backbone_offline() -> None:

@@ -1,0 +1,398 @@
+"""``DynamicViT``: a ViT fused with a skip policy, for deployment with real per-image skipping.
+
+Per block, for the whole batch: the observation of every row (the same
+:class:`~vitskip_env.observations.ObservationEncoder` the environments use, on the current tokens)
+-> the policy's deterministic decision -> the environment's constraints (``always_execute``,
+``min_blocks``) -> the block runs on the gathered executing rows only and the result is scattered
+back (:func:`~vitskip_env.env.core.run_executing_rows`, the function ``SkipCore`` steps with; a block no
+row executes is not called). So a deployed policy sees exactly the observations and obeys exactly
+the rules it was trained with, and for the same images ``DynamicViT`` reproduces the environment's
+executed masks and predictions.
+
+Host synchronisation: everything per block stays on the device except the ``nonzero`` that sizes
+the gather; that one is inherent to real skipping with eager kernels (the sub-batch shape is
+data-dependent) and on a GPU costs one round trip per decided block. Blocks in
+``always_execute`` skip the policy and the sync altogether. On CPU every op is synchronous anyway,
+so there the decision runs folded (:mod:`vitskip_env.deploy.fused`: ~8 kernels instead of ~20, exact
+decisions kept; a row's token features are recomputed only after a block changed it, and up to
+:data:`HOST_BATCH` images decide in NumPy) and a batch of one image runs or skips each block
+without a gather.
+
+A saved ``DynamicViT`` is one safetensors file (``backbone.vit.*`` = the timm weights,
+``policy.*`` = the policy network and observation statistics; its JSON config in the header and in
+a readable ``.json`` beside it), loaded without Stable-Baselines3 or pickle, and without trusting its
+header: every size it states is checked against the stored tensors first (:mod:`vitskip_env.model.fileformat`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import atomic_path, atomic_write_text
+from ..env.core import executed_fraction, run_executing_rows, skip_allowed
+from ..model import SkippableViT, backbone_from_config
+from ..model.fileformat import VitskipFileError, check_save_path, file_errors, read_vitskip_file, require, where_of
+from ..observations import encoder_for
+from .fused import FusedDecision
+from .policy import DECISIONS, Decision, SkipPolicy, deterministic_action
+
+__all__ = ["DECISIONS", "FORMAT", "Decision", "DynamicViT", "SkipPolicy", "deterministic_action"]
+
+FORMAT = "vitskip-dynamic"
+FORMAT_VERSION = 1
+#: Up to this many CPU images the folded decision runs in NumPy (below torch's per-kernel dispatch cost).
+HOST_BATCH = 16
+
+
+class DynamicViT(nn.Module):
+    """A :class:`~vitskip_env.SkippableViT` whose blocks a :class:`SkipPolicy` skips per image, for real.
+
+    Args:
+        backbone: The ViT (the same weights the policy was trained on).
+        policy: The skip policy; its encoder must match the backbone (moved to the backbone's device).
+
+    Example:
+        >>> dyn = DynamicViT(vit, policy)                       # doctest: +SKIP
+        >>> logits, executed = dyn(images, return_mask=True)    # doctest: +SKIP
+        >>> dyn.save("runs/x/dynamic_vit.safetensors")          # doctest: +SKIP
+        >>> dyn = DynamicViT.load("runs/x/dynamic_vit.safetensors")  # doctest: +SKIP
+
+    To run the backbone in bf16, cast the backbone only (``dyn.backbone.to(torch.bfloat16)``): the
+    observations are float32 whatever the token dtype, and the policy keeps deciding in float32.
+    """
+
+    def __init__(self, backbone: SkippableViT, policy: SkipPolicy) -> None:
+        super().__init__()
+        if not isinstance(backbone, SkippableViT):
+            raise TypeError(f"backbone must be a SkippableViT, got {type(backbone).__name__}")
+        if not isinstance(policy, SkipPolicy):
+            raise TypeError(
+                f"policy must be a SkipPolicy, got {type(policy).__name__}; convert a trained agent with "
+                "agents.export_policy(model, env)"
+            )
+        _check_encoder(backbone, policy.encoder.config())
+        self.backbone = backbone
+        self.policy = policy.to(next(backbone.parameters()).device)
+        self.meta: dict[str, Any] = {}
+        self._compiled_decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        #: The folded decision (``None``: the policy's form is not supported; the exact path runs).
+        self.fused = FusedDecision.build(self.policy)
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return self.backbone.depth
+
+    def decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """``bool (N,)``: which rows execute ``block``, after the env's constraints.
+
+        On CPU with a policy :class:`~vitskip_env.deploy.fused.FusedDecision` supports, the decision runs
+        folded (~8 kernels instead of ~20) and rows whose margin is within rounding of a tie are
+        re-decided by the exact path, so the result is the exact path's either way. On other
+        devices (and after :meth:`compiled`) the exact path runs alone: no host synchronisation.
+
+        Args:
+            block: Block index.
+            tokens: ``(N, T, D)`` token state before the block.
+            executed: ``bool (N, depth)`` blocks executed so far.
+        """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.decide(block, tokens, executed)
+        if self._compiled_decide is not None:
+            return self._compiled_decide(block, tokens, executed)
+        fused = self.fused
+        if fused is None or tokens.device.type != "cpu":
+            return self._decide(block, tokens, executed)
+        if tokens.shape[0] <= HOST_BATCH and fused.has_host_path:  # NumPy on the host: no torch kernel per op
+            margin = fused.margin_host(tokens, block, executed.numpy().sum(1))
+            execute = torch.from_numpy(self._settle_host(fused, block, margin, tokens, executed))
+        else:
+            execute = self._settle(fused, block, fused(tokens, block, executed.sum(1, dtype=torch.float32)), tokens, executed)
+        return self._apply_rules(block, execute, executed)
+
+    def _settle(
+        self, fused: FusedDecision, block: int, margin: torch.Tensor, tokens: torch.Tensor, executed: torch.Tensor
+    ) -> torch.Tensor:
+        """``margin > 0``, with the rows within rounding of a tie re-decided by the exact path."""
+        execute = margin > 0
+        unsure = margin.abs() <= fused.tol
+        if unsure.any():
+            rows = unsure.nonzero().squeeze(1)
+            execute[rows] = self._exact(block, tokens[rows], executed[rows])
+        return execute
+
+    def _settle_host(
+        self, fused: FusedDecision, block: int, margin: np.ndarray, tokens: torch.Tensor, executed: torch.Tensor
+    ) -> np.ndarray:
+        """:meth:`_settle` for NumPy margins (one image: Python floats, cheaper than two array operations)."""
+        execute = margin > 0
+        if margin.shape[0] == 1:
+            if -fused.tol <= float(margin[0]) <= fused.tol:
+                execute[0] = bool(self._exact(block, tokens, executed))
+            return execute
+        unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
+        if unsure.size:
+            rows = torch.from_numpy(unsure)
+            execute[unsure] = self._exact(block, tokens[rows], executed[rows]).numpy()
+        return execute
+
+    def _exact(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed))
+        return self.policy.forward(packed)  # (not __call__: its bookkeeping costs ~10 us a block at batch 1)
+
+    def _apply_rules(self, block: int, execute: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        policy = self.policy
+        if policy.min_blocks:
+            execute = execute | ~skip_allowed(block, executed, policy.min_blocks, policy.always_execute)
+        return execute
+
+    def _decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        return self._apply_rules(block, self._exact(block, tokens, executed), executed)
+
+    def refold(self) -> DynamicViT:
+        """Re-fold the decision from the policy's current weights; returns self.
+
+        :meth:`forward` does it by itself when the weights changed in place; call it before using
+        :meth:`decide` directly after changing them.
+        """
+        self.fused = FusedDecision.build(self.policy)
+        return self
+
+    def forward(self, images: torch.Tensor, return_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits for normalised images ``(B, 3, H, W)``, each image running only the blocks its policy chose.
+
+        Args:
+            images: Normalised float images (``dataset.normalize(uint8_images)``) of the backbone's dtype.
+            return_mask: Also return the ``bool (B, depth)`` executed mask.
+
+        Raises:
+            TypeError: Integer images (not normalised) or another float dtype than the backbone's.
+            ValueError: Not a ``(B, C, H, W)`` batch (one ``(C, H, W)`` image needs ``images[None]``).
+        """
+        vit = self.backbone
+        _check_images(images)
+        fused = self.fused
+        if fused is not None and fused.is_stale(self.policy):
+            fused = self.refold().fused  # the policy's weights were changed in place since the fold
+        try:
+            tokens = vit.embed(images)
+        except RuntimeError as exc:  # diagnosed only on failure: the happy path pays nothing for it
+            _explain_dtype(images, vit, exc)
+            raise
+        executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
+        if fused is None or tokens.device.type != "cpu" or self._compiled_decide is not None:
+            tokens = self._run_exact(tokens, executed)
+        elif tokens.shape[0] <= HOST_BATCH and fused.has_host_path:
+            tokens = self._run_host(fused, tokens, executed)
+        else:
+            tokens = self._run_folded(fused, tokens, executed)
+        logits = vit.head(tokens)
+        return (logits, executed) if return_mask else logits
+
+    def _run_exact(self, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """The blocks with :meth:`decide` per block: no host synchronisation but the gather's ``nonzero``."""
+        vit, inplace = self.backbone, not torch.is_grad_enabled()
+        for i in range(vit.depth):
+            if i in self.policy.always_execute:  # the env overrides any decision here: no policy, no sync
+                executed[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                continue
+            execute = self.decide(i, tokens, executed)
+            executed[:, i] = execute
+            tokens = run_executing_rows(vit, i, tokens, execute, inplace=inplace)
+        return tokens
+
+    def _run_folded(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """CPU, torch kernels: the folded decision, its token features recomputed only for rows a block changed."""
+        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        count = torch.zeros(tokens.shape[0])
+        features: torch.Tensor | None = None  # None: recompute for every row
+        changed: torch.Tensor | None = None  # rows the last block ran on
+        for i in range(vit.depth):
+            if i in policy.always_execute:
+                executed[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                count += 1
+                features = None
+                continue
+            with torch.no_grad():
+                if features is None:
+                    features = fused.features(fused.pool(tokens))
+                elif changed is not None and changed.numel():
+                    features.index_copy_(0, changed, fused.features(fused.pool(tokens).index_select(0, changed)))
+                margin = fused.margin_from(features, i, count)
+                execute = self._apply_rules(i, self._settle(fused, i, margin, tokens, executed), executed)
+            executed[:, i] = execute
+            changed = execute.nonzero().squeeze(1)
+            tokens = vit.run_block(i, tokens, changed, inplace=inplace)
+            count += execute
+            if changed.numel() == tokens.shape[0]:
+                features = None
+        return tokens
+
+    def _run_host(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+        """CPU, a few images: the folded decision in NumPy, the mask written through a NumPy view.
+
+        A row's token features are kept while it skips; a batch of one image runs or skips each
+        block without a gather (the same arithmetic).
+        """
+        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        n, depth = executed.shape
+        host = executed.numpy()
+        count = np.zeros(n, dtype=np.int64)
+        features: np.ndarray | None = None
+        changed = np.arange(n)
+        for i in range(depth):
+            if i in policy.always_execute:
+                host[:, i] = True
+                tokens = vit.run_block(i, tokens)
+                count += 1
+                features = None
+                continue
+            with torch.no_grad():
+                if features is None or changed.size == n:
+                    features = fused.features_host(tokens)
+                elif changed.size:
+                    features[changed] = fused.features_host(tokens[torch.from_numpy(changed)])
+                execute = self._settle_host(fused, i, fused.margin_from_host(features, i, count), tokens, executed)
+                if policy.min_blocks:  # skip_allowed, in NumPy: the blocks left must still reach min_blocks
+                    execute |= count + (depth - i - 1) < policy.min_blocks
+            host[:, i] = execute
+            changed = np.flatnonzero(execute)
+            if changed.size:  # all rows (one image included) run the block as it is: no gather
+                tokens = vit.run_block(i, tokens, torch.from_numpy(changed), inplace=inplace)
+            count += execute
+        return tokens
+
+    def compiled(self, **compile_kwargs: Any) -> DynamicViT:
+        """Compile every block and the decision (observation + policy + rule) with ``torch.compile``; returns self.
+
+        In place; weights and ``state_dict`` keys are unchanged. ``dynamic=True`` (the default here)
+        because each block sees a new sub-batch size almost every call and would otherwise
+        recompile per size. Fused kernels may round differently from eager mode, so a decision
+        whose two scores tie to within float rounding can differ from the env's; the eager path
+        is the exact one. Inductor on CPU needs a C++ compiler; see ``tests/benchmarks/bench_dynamic.py``
+        for what it gains.
+
+        Args:
+            **compile_kwargs: Passed to ``torch.compile`` (``mode=``, ``backend=``...).
+        """
+        opts = {"dynamic": True, **compile_kwargs}
+        for blk in self.backbone.blocks:
+            blk.compile(**opts)
+        self._compiled_decide = torch.compile(self._decide, **opts)
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """The JSON config stored in the file header and beside it."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone.config(),
+            "policy": self.policy.config(),
+            **self.meta,
+        }
+
+    def save(self, path: str | os.PathLike, **meta: Any) -> Path:
+        """Write one safetensors file (weights + JSON config in its header) and a readable ``.json`` copy.
+
+        Args:
+            path: Destination; must end in ``.safetensors`` (the config goes to ``<stem>.json``); written atomically.
+            **meta: Extra JSON-serialisable entries (``dataset``, ``top1``, ``training``...).
+
+        Raises:
+            ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
+            NotImplementedError: The policy network cannot be described (see :mod:`vitskip_env.deploy.netspec`).
+        """
+        from safetensors.torch import save_file
+
+        path = check_save_path(path)
+        self.meta.update(meta)
+        text = json.dumps(self.config(), indent=2, sort_keys=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"vitskip": text})
+        atomic_write_text(path.with_suffix(".json"), text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DynamicViT:
+        """Load a file written by :meth:`save` (eval mode; no SB3, no pickle).
+
+        Raises:
+            FileNotFoundError: No such file.
+            VitskipFileError: (a ``ValueError``) Truncated, foreign, another vitskip format, a newer
+                format version, a malformed or tampered header, or weights that do not match it; the
+                message names the file. Every size in the header is checked against the stored
+                tensors before anything is allocated.
+        """
+        where = where_of(Path(path).expanduser())
+        config, state = read_vitskip_file(
+            path,
+            FORMAT,
+            version=FORMAT_VERSION,
+            missing="Every training run writes dynamic_vit.safetensors into its run directory; or build one with "
+            "DynamicViT(backbone, agents.export_policy(model, env)).save(path).",
+            resave="Re-save it with DynamicViT.save.",
+        )
+        groups: dict[str, dict[str, torch.Tensor]] = {"backbone.vit.": {}, "policy.": {}}
+        for key, value in state.items():
+            prefix = next((p for p in groups if key.startswith(p)), None)
+            if prefix is None:
+                raise VitskipFileError(
+                    f"{where}: unexpected tensor {key!r} (only 'backbone.vit.*' and 'policy.*' belong here)"
+                )
+            groups[prefix][key[len(prefix) :]] = value
+        backbone = backbone_from_config(require(config, "backbone", dict, where), groups["backbone.vit."], where)
+        with file_errors(where, "policy config"):
+            policy_config = require(config, "policy", dict, where)
+            _check_encoder(backbone, require(policy_config, "encoder", dict, where, "policy config"))
+            policy = SkipPolicy.from_config(policy_config, groups["policy."])
+            dyn = cls(backbone, policy)
+        dyn.meta = {k: v for k, v in config.items() if k not in ("format", "format_version", "backbone", "policy")}
+        return dyn.to(device).eval()
+
+
+def _check_encoder(backbone: SkippableViT, got: dict[str, Any]) -> None:
+    """The policy's encoder config must be the one the backbone's env gives (checked before a policy is built)."""
+    expected = encoder_for(backbone, got.get("mode", "flat")).config()
+    if expected != got:
+        diff = {k: (got.get(k), expected[k]) for k in expected if got.get(k) != expected[k]}
+        raise ValueError(
+            f"the policy was trained on another backbone's observations: (policy, backbone) differ in {diff}. "
+            "Pair the policy with the backbone of the env it was trained in."
+        )
+
+
+def _check_images(images: torch.Tensor) -> None:
+    """Refuse what the blocks would fail on deep inside timm, saying how to fix it (a few cheap attribute reads)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"DynamicViT takes a float tensor of images (B, 3, H, W), got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"DynamicViT got {images.dtype} images: it takes normalised float images. Normalise them first "
+            "(dataset.normalize(images) for the dataset's uint8 images, or (images / 255 - mean) / std)."
+        )
+    if images.ndim != 4:
+        hint = "; add a batch dimension: images[None]" if images.ndim == 3 else ""
+        raise ValueError(f"DynamicViT takes a batch of images (B, C, H, W), got shape {tuple(images.shape)}{hint}")
+
+
+def _explain_dtype(images: torch.Tensor, vit: SkippableViT, exc: RuntimeError) -> None:
+    """Re-raise an embedding failure caused by images of another float dtype than the backbone's as a clear TypeError."""
+    weight = next(vit.vit.patch_embed.parameters(), None)
+    if weight is not None and images.dtype != weight.dtype:
+        raise TypeError(
+            f"DynamicViT got {images.dtype} images but its backbone is {weight.dtype}: cast the images "
+            f"(images.to({weight.dtype})), or the backbone (dyn.backbone.to({images.dtype})); the policy stays float32."
+        ) from exc

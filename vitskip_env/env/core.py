@@ -1,0 +1,288 @@
+"""``SkipCore``: the one batched episode engine behind ``ViTSkipEnv`` (N = 1) and ``ViTSkipVectorEnv``.
+
+It holds N episodes in flight on the device: image indices, labels, token state ``(N, T, D)``, the
+block pointer, the executed mask and the cost spent. Every episode is exactly ``depth`` steps, so
+the batch stays aligned: the block pointer is one integer, and all N episodes end on the same step.
+
+A step: apply the constraints (``always_execute``, ``min_blocks``) to the actions -> run block
+``i`` on the executing rows only (gather / scatter through ``SkippableViT.run_block``; a block no
+row executes is not called) -> reward components -> after the last block, the head and the
+terminal components -> observation of the next block. Everything stays on the device;
+:meth:`SkipCore.to_host` moves one step's results to numpy in a single transfer.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import ImageDataset
+from ..model import SkippableViT
+from ..observations import ObservationEncoder
+from .cotrain import Cotrainer
+from .rewards import RewardContext, RewardModel
+
+BLOCKS_HELP = "an iterable of block indices (ints), e.g. (0,) or [0, 3]"
+
+
+def block_indices(value: Any, name: str = "always_execute") -> tuple[int, ...]:
+    """``value`` as a tuple of block indices: any iterable of integers (list, tuple, range, int array).
+
+    A string, a single number or an iterable holding anything but integers is refused (``"01"``
+    would otherwise mean blocks ``{0, 1}``, and ``5`` would fail with an unrelated message).
+
+    Raises:
+        TypeError: ``value`` is not an iterable of integers (bools and floats are not integers here).
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        single = f"; for one block pass ({value!r},)" if isinstance(value, (int, np.integer)) else ""
+        raise TypeError(f"{name} must be {BLOCKS_HELP}, got {type(value).__name__} {value!r}{single}")
+    out = []
+    for item in value:
+        try:
+            if isinstance(item, (bool, np.bool_)):
+                raise TypeError
+            out.append(operator.index(item))
+        except TypeError:
+            raise TypeError(f"{name} must be {BLOCKS_HELP}; it holds {type(item).__name__} {item!r}") from None
+    return tuple(out)
+
+
+def check_constraints(min_blocks: int, always_execute: Iterable[int], depth: int) -> tuple[int, frozenset[int]]:
+    """Validated ``(min_blocks, always_execute)`` for a ``depth``-block backbone.
+
+    Raises:
+        ValueError: ``min_blocks`` outside ``[0, depth]`` or a block index outside ``[0, depth)``.
+        TypeError: ``always_execute`` is not an iterable of integers (see :func:`block_indices`).
+    """
+    if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
+        raise ValueError(f"min_blocks must be an integer in [0, {depth}], got {min_blocks!r}")
+    given = block_indices(always_execute)
+    always = sorted(set(given))
+    if any(not 0 <= i < depth for i in always):
+        raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(given)}")
+    return int(min_blocks), frozenset(always)
+
+
+def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
+    """``float32 (N,)``: blocks executed so far / depth, from the ``bool (N, depth)`` executed mask."""
+    return executed.sum(1, dtype=torch.float32) / executed.shape[1]
+
+
+def skip_allowed(block: int, executed: torch.Tensor, min_blocks: int, always_execute: frozenset[int]) -> torch.Tensor:
+    """``bool (N,)``: may each episode skip ``block``, given what it executed so far (``bool (N, depth)``)?
+
+    ``always_execute`` blocks are never skipped; a skip is refused when the blocks left after
+    ``block`` could no longer reach ``min_blocks``.
+    """
+    n, depth = executed.shape
+    if block in always_execute:
+        return torch.zeros(n, dtype=torch.bool, device=executed.device)
+    if min_blocks == 0:
+        return torch.ones(n, dtype=torch.bool, device=executed.device)
+    remaining_after = depth - block - 1
+    return executed.sum(1) + remaining_after >= min_blocks
+
+
+def run_executing_rows(
+    backbone: SkippableViT, block: int, tokens: torch.Tensor, execute: torch.Tensor, *, inplace: bool = True
+) -> torch.Tensor:
+    """Run ``block`` on the rows where ``execute`` (``bool (N,)``) holds; the others pass unchanged.
+
+    Real skipping (ARCHITECTURE principle 1): the executing rows are gathered, the block runs on
+    them only and the result is scattered back; with no executing row the block is not called.
+    The ``nonzero`` is the step's one host synchronisation on a GPU (the gather size is data-dependent).
+    """
+    rows = execute.nonzero().squeeze(1)
+    return backbone.run_block(block, tokens, rows, inplace=inplace)
+
+
+@dataclass
+class CoreStep:
+    """One step of the batch, on the device.
+
+    Attributes:
+        obs: ``(N, obs_dim)`` packed observations of the next block (after the last block: the
+            final token state with an all-zero block one-hot).
+        reward: ``float32 (N,)``.
+        components: Weighted reward components ``{name: (N,)}``; they sum to ``reward``.
+        overridden: ``bool (N,)`` actions turned from skip into execute by a constraint.
+        terminal: Whether the episodes ended with this step (all of them do together).
+        final: On the last step: ``label``, ``prediction``, ``correct``, ``confidence`` (softmax
+            probability of the predicted class), ``executed_mask``, ``executed_blocks``,
+            ``compute_ratio``, ``image_index`` (and ``difficulty`` when the dataset knows it); else ``None``.
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    components: dict[str, torch.Tensor]
+    overridden: torch.Tensor
+    terminal: bool
+    final: dict[str, torch.Tensor] | None
+
+
+class SkipCore:
+    """N block-skipping episodes in flight on one device.
+
+    Args:
+        backbone: The ViT (eval mode; the core never changes its weights, the cotrainer may).
+        dataset: The split the images come from, on the backbone's device.
+        num_envs: Episodes in flight ``N``.
+        encoder: Observation encoder.
+        rewards: Reward model.
+        costs: ``float32 (depth,)`` cost share per block, summing to 1.
+        min_blocks: Every episode executes at least this many blocks (skips that would make it
+            impossible are overridden to execute).
+        always_execute: Blocks that are never skipped (e.g. ``(0,)``).
+        cotrainer: Supervised backbone updates from finished episodes (``None`` = frozen).
+    """
+
+    def __init__(
+        self,
+        backbone: SkippableViT,
+        dataset: ImageDataset,
+        num_envs: int,
+        encoder: ObservationEncoder,
+        rewards: RewardModel,
+        costs: torch.Tensor,
+        *,
+        min_blocks: int = 0,
+        always_execute: Sequence[int] = (),
+        cotrainer: Cotrainer | None = None,
+    ) -> None:
+        depth = backbone.depth
+        min_blocks, always = check_constraints(min_blocks, always_execute, depth)
+        self.backbone = backbone
+        self.dataset = dataset
+        self.num_envs = num_envs
+        self.encoder = encoder
+        self.rewards = rewards
+        self.costs = costs
+        self.min_blocks = min_blocks
+        self.always_execute = always
+        self.cotrainer = cotrainer
+        self.depth = depth
+        self.device = dataset.device
+        self.block = 0
+        self.image_index = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.labels = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.executed = torch.zeros(num_envs, depth, dtype=torch.bool, device=self.device)
+        self.tokens: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ episodes
+    @torch.inference_mode()
+    def start(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Begin N new episodes on the given images; returns the packed observations of block 0."""
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
+        if idx.shape != (self.num_envs,):
+            raise ValueError(f"need {self.num_envs} image indices, got shape {tuple(idx.shape)}")
+        self.image_index = idx
+        self.labels = self.dataset.labels[idx]
+        self.tokens = self.backbone.embed(self.dataset.normalize(self.dataset.images[idx]))
+        self.executed = torch.zeros(self.num_envs, self.depth, dtype=torch.bool, device=self.device)
+        self.block = 0
+        return self.observe()
+
+    def observe(self) -> torch.Tensor:
+        """Packed observations ``(N, obs_dim)`` of the current block."""
+        if self.tokens is None:
+            raise RuntimeError("no episodes in flight: call start() first")
+        return self.encoder.pack(self.tokens, self.block, executed_fraction(self.executed))
+
+    @property
+    def done(self) -> bool:
+        """Whether the episodes in flight have ended (or none was started)."""
+        return self.tokens is None or self.block >= self.depth
+
+    # ------------------------------------------------------------------ constraints
+    def skip_allowed(self) -> torch.Tensor:
+        """``bool (N,)``: may each episode skip the current block?"""
+        return skip_allowed(self.block, self.executed, self.min_blocks, self.always_execute)
+
+    def action_masks(self) -> torch.Tensor:
+        """``bool (N, 2)``: ``[:, 0]`` skip allowed, ``[:, 1]`` execute allowed (always)."""
+        return torch.stack([self.skip_allowed(), torch.ones(self.num_envs, dtype=torch.bool, device=self.device)], 1)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, actions: torch.Tensor) -> CoreStep:
+        """Decide the current block for all N episodes.
+
+        Args:
+            actions: ``int64 (N,)`` in ``{0, 1}`` on the core's device (validated by the envs).
+        """
+        if self.done:
+            raise RuntimeError("the episodes in flight are over: start new ones (env.reset()) before stepping")
+        with torch.inference_mode():
+            result = self._step(actions)
+        if result.terminal and self.cotrainer is not None:
+            self.cotrainer.add(self.image_index, self.executed)
+        return result
+
+    def _step(self, actions: torch.Tensor) -> CoreStep:
+        i = self.block
+        skip_ok = self.skip_allowed()
+        overridden = (actions == 0) & ~skip_ok
+        actions = actions | overridden.long()
+        execute = actions.bool()
+        self.tokens = run_executing_rows(self.backbone, i, self.tokens, execute, inplace=True)
+        self.executed[:, i] = execute
+        self.block = i + 1
+        terminal = self.block == self.depth
+        logits = self.backbone.head(self.tokens) if terminal else None
+        ctx = RewardContext(i, self.depth, actions, self.costs, self.executed, terminal, logits, self.labels)
+        reward, components = self.rewards(ctx)
+        final = self._final(logits) if logits is not None else None
+        return CoreStep(self.observe(), reward, components, overridden, terminal, final)
+
+    def _final(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        prediction = logits.argmax(1)  # argmax of the logits, exactly as DynamicViT and the backbone predict
+        confidence = logits.float().softmax(1).gather(1, prediction[:, None]).squeeze(1)  # p(predicted class)
+        final = {
+            "label": self.labels,
+            "prediction": prediction,
+            "correct": prediction == self.labels,
+            "confidence": confidence,
+            "executed_mask": self.executed.clone(),
+            "executed_blocks": self.executed.sum(1),
+            "compute_ratio": self.executed.float() @ self.costs,
+            "image_index": self.image_index,
+        }
+        if self.dataset.difficulty is not None:
+            final["difficulty"] = self.dataset.difficulty[self.image_index]
+        return final
+
+    # ------------------------------------------------------------------ host transfer
+    @staticmethod
+    def to_host(step: CoreStep) -> dict[str, np.ndarray]:
+        """Every tensor of a step as numpy, in one device-to-host transfer.
+
+        Returns:
+            ``obs`` ``float32 (N, obs_dim)``, ``reward`` ``float32 (N,)``, ``overridden`` ``bool (N,)``,
+            ``components/<name>`` ``float32 (N,)`` and, on the last step, ``final/<name>`` with
+            integer fields as ``int64`` and flags and masks as ``bool``.
+        """
+        named: dict[str, torch.Tensor] = {"obs": step.obs, "reward": step.reward, "overridden": step.overridden}
+        named |= {f"components/{k}": v for k, v in step.components.items()}
+        if step.final is not None:
+            named |= {f"final/{k}": v for k, v in step.final.items()}
+        n = step.obs.shape[0]
+        # Values are small integers (< 2**24), 0/1 flags or float32, so one float32 buffer is exact.
+        cols = [t.reshape(n, -1).to(torch.float32) for t in named.values()]
+        host = torch.cat(cols, 1).cpu().numpy()
+        out, start = {}, 0
+        for (key, tensor), col in zip(named.items(), cols, strict=True):
+            block = host[:, start : start + col.shape[1]]
+            start += col.shape[1]
+            if tensor.dtype == torch.bool:
+                value = block.astype(bool)
+            elif not tensor.dtype.is_floating_point:
+                value = block.astype(np.int64)
+            else:
+                value = block
+            out[key] = value.reshape(n, *tensor.shape[1:]) if tensor.ndim > 1 else value.reshape(n)
+        return out

@@ -1,0 +1,206 @@
+"""Numpy-side helpers shared by ``ViTSkipEnv`` and ``ViTSkipVectorEnv``: action checks and infos.
+
+Both env classes build their infos here from the same host arrays (``SkipCore.to_host``), so a
+single env's info and the native vector env's dict-of-arrays hold the same values and dtypes that
+``SyncVectorEnv`` would assemble from single envs (Python ``int`` -> ``int64``, ``float`` ->
+``float64``, ``bool`` -> ``bool``, arrays stacked, each key with its ``_key`` mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import ImageDataset
+from ..model import SkippableViT
+from .core import SkipCore
+
+ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
+FINAL_INT = ("label", "prediction", "executed_blocks", "image_index")
+FINAL_FLOAT = ("compute_ratio", "difficulty", "confidence")
+
+
+def check_action(action: Any) -> int:
+    """A single env's action as ``0`` or ``1``.
+
+    Raises:
+        ValueError: Anything but an integer (or bool) scalar equal to 0 or 1, including floats,
+            NaN and arrays that are not 0-d.
+    """
+    value: Any = None
+    scalar = isinstance(action, (bool, np.bool_, int, np.integer))
+    array0d = isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "biu"
+    tensor0d = isinstance(action, torch.Tensor) and action.ndim == 0 and not action.is_floating_point()
+    if scalar or array0d or tensor0d:
+        value = int(action)
+    if value not in (0, 1):
+        shape = getattr(action, "shape", None)
+        what = f"{action!r}" if shape is None else f"{type(action).__name__} of shape {tuple(shape)} and dtype {action.dtype}"
+        raise ValueError(f"invalid action {what}: {ACTION_HELP} (a Python int, numpy integer or 0-d integer array)")
+    return value
+
+
+def check_actions(actions: Any, num_envs: int, device: torch.device) -> torch.Tensor:
+    """A vector env's actions as ``int64 (num_envs,)`` on ``device``.
+
+    Raises:
+        ValueError: Wrong shape, a non-integer dtype (floats, NaN) or a value other than 0 / 1.
+    """
+    if isinstance(actions, torch.Tensor):
+        if actions.is_floating_point() or actions.is_complex() or tuple(actions.shape) != (num_envs,):
+            raise ValueError(
+                f"invalid actions: tensor of shape {tuple(actions.shape)} and dtype {actions.dtype}; "
+                f"need an integer tensor of shape ({num_envs},); {ACTION_HELP}"
+            )
+        out = actions.to(device=device, dtype=torch.long)
+        if not bool(((out == 0) | (out == 1)).all()):
+            raise ValueError(f"invalid actions {actions.tolist()}: {ACTION_HELP}")
+        return out
+    arr = np.asarray(actions)
+    if arr.dtype.kind not in "biu" or arr.shape != (num_envs,):
+        raise ValueError(
+            f"invalid actions: array of shape {arr.shape} and dtype {arr.dtype}; "
+            f"need an integer array of shape ({num_envs},); {ACTION_HELP}"
+        )
+    if arr.dtype != np.bool_ and not ((arr == 0) | (arr == 1)).all():
+        raise ValueError(f"invalid actions {arr.tolist()}: {ACTION_HELP}")
+    return torch.from_numpy(arr.astype(np.int64)).to(device)
+
+
+def check_reset_options(options: Any, supported: tuple[str, ...]) -> dict[str, Any]:
+    """``reset``'s ``options`` as a fresh dict (``None`` -> ``{}``).
+
+    Raises:
+        TypeError: ``options`` is not a mapping (the message lists the supported keys).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"reset(options=...) must be a dict or None, got {type(options).__name__} {options!r}; "
+            f"supported keys: {list(supported)}, e.g. options={{'image_index': 3}}"
+        )
+    return dict(options)
+
+
+def check_seed(seed: Any, num_envs: int | None = None) -> int | list[int | None] | None:
+    """``reset``'s ``seed`` as ``None``, a Python ``int`` or (vector envs, ``num_envs`` given) a list.
+
+    Raises:
+        TypeError: Anything else (floats, strings, bools, a list holding a non-integer).
+        ValueError: A list whose length is not ``num_envs``.
+    """
+    allowed = "None or an int" + ("" if num_envs is None else f", or a list of num_envs={num_envs} ints (or None)")
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        return int(seed)
+    if num_envs is not None and isinstance(seed, (list, tuple, np.ndarray)):
+        seeds = list(seed)
+        for s in seeds:
+            if s is not None and (not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_))):
+                raise TypeError(f"reset(seed=...) must be {allowed}; the list holds {type(s).__name__} {s!r}")
+        if len(seeds) != num_envs:
+            raise ValueError(f"a list of seeds must have num_envs={num_envs} entries, got {len(seeds)}")
+        return [None if s is None else int(s) for s in seeds]
+    raise TypeError(f"reset(seed=...) must be {allowed}, got {type(seed).__name__} {seed!r}")
+
+
+def check_rewards(host: dict[str, np.ndarray], custom: bool) -> None:
+    """Refuse a step whose reward is NaN or infinite, naming the components that are not finite.
+
+    Raises:
+        ValueError: A non-finite reward (from ``reward_fn`` when ``custom``, else from the backbone).
+    """
+    if np.isfinite(host["reward"]).all():
+        return
+    bad = [name for name in component_names(host) if not np.isfinite(host[f"components/{name}"]).all()]
+    if custom:
+        raise ValueError(
+            f"reward_fn returned a non-finite reward (NaN or inf) in component(s) {bad}: every component must be a "
+            "finite (N,) tensor; check reward_fn for divisions by zero and log(0)"
+        )
+    raise ValueError(
+        f"the reward is not finite (NaN or inf) in component(s) {bad}: the backbone's logits are not finite or a "
+        "reward weight is too large; check the backbone file and the *_weight arguments"
+    )
+
+
+def component_names(host: dict[str, np.ndarray]) -> list[str]:
+    """Reward component names in a host step dict, in order."""
+    return [k.split("/", 1)[1] for k in host if k.startswith("components/")]
+
+
+# ---------------------------------------------------------------------------------------- single env
+def single_step_info(host: dict[str, np.ndarray], j: int = 0) -> dict[str, Any]:
+    """Info of row ``j`` as a single env returns it (Python scalars, fresh arrays)."""
+    info: dict[str, Any] = {
+        "reward_components": {name: float(host[f"components/{name}"][j]) for name in component_names(host)},
+        "action_overridden": bool(host["overridden"][j]),
+    }
+    if "final/label" in host:
+        for key in [k.split("/", 1)[1] for k in host if k.startswith("final/")]:
+            value = host[f"final/{key}"][j]
+            if key == "executed_mask":
+                info[key] = np.array(value, dtype=bool)
+            elif key in FINAL_INT:
+                info[key] = int(value)
+            elif key in FINAL_FLOAT:
+                info[key] = float(value)
+            else:
+                info[key] = bool(value)
+        info["is_success"] = info["correct"]
+    return info
+
+
+# ---------------------------------------------------------------------------------------- vector env
+def _masked(values: dict[str, Any], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out[key] = _masked(value, n) if isinstance(value, dict) else value
+        out[f"_{key}"] = np.ones(n, dtype=bool)
+    return out
+
+
+def batched_step_info(host: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Infos of all rows as Gymnasium's dict-of-arrays with ``_key`` masks."""
+    n = host["reward"].shape[0]
+    values: dict[str, Any] = {
+        "reward_components": {name: host[f"components/{name}"].astype(np.float64) for name in component_names(host)},
+        "action_overridden": host["overridden"].astype(bool),
+    }
+    if "final/label" in host:
+        for key in [k.split("/", 1)[1] for k in host if k.startswith("final/")]:
+            value = host[f"final/{key}"]
+            if key in FINAL_INT:
+                values[key] = value.astype(np.int64)
+            elif key in FINAL_FLOAT:
+                values[key] = value.astype(np.float64)
+            else:
+                values[key] = value.astype(bool)
+        values["is_success"] = values["correct"].copy()
+    return _masked(values, n)
+
+
+def batched(values: dict[str, Any], n: int) -> dict[str, Any]:
+    """Wrap ``{key: (n, ...) array}`` as dict-of-arrays with all-true ``_key`` masks."""
+    return _masked(values, n)
+
+
+class CoreAccess:
+    """``backbone`` and ``dataset`` properties shared by the single and the vector env (both hold ``self.core``)."""
+
+    core: SkipCore
+
+    @property
+    def backbone(self) -> SkippableViT:
+        """The ``SkippableViT`` this env runs."""
+        return self.core.backbone
+
+    @property
+    def dataset(self) -> ImageDataset:
+        """The dataset split the images come from."""
+        return self.core.dataset

@@ -1,0 +1,243 @@
+"""The environments' keyword arguments, their validation, and building a ``SkipCore`` from them.
+
+``ViTSkipEnv`` and ``ViTSkipVectorEnv`` accept exactly the fields of :class:`EnvOptions`; a
+misspelt keyword is rejected with the closest valid name.
+
+How ``backbone`` is resolved (``backbone_weights`` defaults to ``"trained"``):
+
+=====================================  ==========================================================
+``backbone``                           what the env runs
+=====================================  ==========================================================
+``None`` (default)                     the dataset's default preset (``demo`` for shapes and
+                                       digits, ``tiny`` otherwise), as for a preset name below
+preset or timm model name              the trained file ``find_backbone(name, dataset)`` (your
+                                       ``train/backbone.py`` output first, then the shipped one);
+                                       if there is none: ``FileNotFoundError`` with the command
+                                       to train it. With ``backbone_weights="random"``: an
+                                       untrained model of that architecture instead
+``"random"``                           an untrained model of the dataset's default preset
+path to a ``.safetensors`` file        ``load_backbone(path)`` (a file from ``SkippableViT.save``)
+``SkippableViT`` or timm ViT instance  used as is (moved to ``device``; shared, not copied)
+=====================================  ==========================================================
+
+Untrained models are initialised from a fixed seed (0) without touching the global torch RNG, so
+every env built with the same arguments runs the same weights (``SyncVectorEnv`` sub-envs agree
+with the native vector env). Built models take the dataset's class count and image size.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..data import ImageDataset, make_dataset
+from ..model import PRESETS, SkippableViT, find_backbone, load_backbone, user_backbone_path
+from ..model.costs import COST_MODELS, CostModel, block_costs
+from ..observations import OBS_MODES, ObsMode, encoder_for
+from .capacity import check_memory
+from .core import SkipCore, block_indices
+from .cotrain import CotrainConfig, Cotrainer
+from .rewards import WEIGHT_NAMES, RewardFn, RewardModel, check_weight
+from .sampling import SAMPLING_MODES, Sampling
+
+#: Preset used when ``backbone`` is ``None`` or ``"random"``.
+DEFAULT_PRESET: dict[str, str] = {
+    "shapes": "demo",
+    "digits": "demo",
+    "cifar10": "tiny",
+    "cifar100": "tiny",
+    "tinyimagenet": "tiny",
+}
+BACKBONE_MODES: tuple[str, ...] = ("frozen", "cotrain")
+BACKBONE_WEIGHTS: tuple[str, ...] = ("trained", "random")
+
+
+@dataclass
+class EnvOptions:
+    """Keyword arguments of ``ViTSkipEnv`` / ``ViTSkipVectorEnv`` (documented on ``ViTSkipEnv``)."""
+
+    dataset: str = "shapes"
+    split: Literal["train", "val", "test"] = "train"
+    backbone: str | os.PathLike | nn.Module | None = None
+    backbone_weights: Literal["trained", "random"] = "trained"
+    backbone_mode: Literal["frozen", "cotrain"] = "frozen"
+    obs_mode: ObsMode = "flat"
+    accuracy_weight: float = 1.0
+    confidence_weight: float = 0.0
+    compute_weight: float = 0.5
+    reward_fn: RewardFn | None = None
+    cost_model: CostModel = "flops"
+    min_blocks: int = 0
+    always_execute: tuple[int, ...] = ()
+    sampling: Sampling = "shuffle"
+    num_images: int | None = None
+    cotrain: CotrainConfig | Mapping[str, Any] | None = None
+    data_root: str | os.PathLike | None = None
+    download: bool = False
+    device: str | torch.device = "auto"
+    render_mode: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any], owner: str) -> EnvOptions:
+        """Build from keyword arguments, rejecting unknown ones with the closest valid name."""
+        check_kwargs(kwargs, owner)
+        return cls(**kwargs)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for an out-of-range choice (the message lists the valid ones)."""
+        choices = {
+            "backbone_mode": BACKBONE_MODES,
+            "backbone_weights": BACKBONE_WEIGHTS,
+            "obs_mode": OBS_MODES,
+            "cost_model": COST_MODELS,
+            "sampling": SAMPLING_MODES,
+            "split": ("train", "val", "test"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        if self.render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {self.render_mode!r}")
+        if self.num_images is not None and (not isinstance(self.num_images, int) or self.num_images < 1):
+            raise ValueError(f"num_images must be a positive integer or None, got {self.num_images!r}")
+        for kwarg in WEIGHT_NAMES:
+            check_weight(getattr(self, kwarg), kwarg)
+        self.always_execute = block_indices(self.always_execute)
+        if self.cotrain is not None and self.backbone_mode != "cotrain":
+            raise ValueError("cotrain settings were given but backbone_mode is 'frozen'; pass backbone_mode='cotrain'")
+
+
+def option_names() -> list[str]:
+    """The public keyword argument names."""
+    return [f.name for f in fields(EnvOptions)]
+
+
+def option_defaults() -> dict[str, Any]:
+    """``{name: default}`` of the public keyword arguments."""
+    return {f.name: f.default for f in fields(EnvOptions)}
+
+
+def check_kwargs(kwargs: Mapping[str, Any], owner: str, extra_names: tuple[str, ...] = ()) -> None:
+    """Reject unknown keyword arguments: ``TypeError`` naming the closest valid one.
+
+    The message starts like Python's own (``X.__init__() got an unexpected keyword argument 'k'``).
+    """
+    names = option_names() + list(extra_names)
+    for key in kwargs:
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            # Python's own wording: clients that probe optional arguments (TorchRL's GymEnv passes
+            # ``frameskip``) look for "unexpected keyword argument" to drop the argument and retry.
+            raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {key!r}.{extra} Valid: {sorted(names)}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} asks for a GPU but torch sees none; use device='cpu' or 'auto'")
+    return dev
+
+
+def load_split(opts: EnvOptions, device: torch.device) -> ImageDataset:
+    """The dataset split on ``device``, limited to its first ``num_images`` images when asked.
+
+    The first ``num_images`` are copied, not viewed: a view would keep the whole split alive (in
+    memory, in every pickled env and in every spawned worker) to use a few images of it.
+    """
+    ds = make_dataset(opts.dataset, opts.split, opts.data_root, opts.download, device)
+    if opts.num_images is None or opts.num_images >= len(ds):
+        return ds
+    n = opts.num_images
+    diff = None if ds.difficulty is None else ds.difficulty[:n].clone()
+    images, labels = ds.images[:n].clone(), ds.labels[:n].clone()
+    return ImageDataset(ds.name, ds.split, images, labels, list(ds.classes), ds.mean, ds.std, diff)
+
+
+def _untrained(name: str, ds: ImageDataset) -> SkippableViT:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return SkippableViT(name, num_classes=ds.num_classes, img_size=ds.image_size)
+
+
+def _presets_hint(name: str) -> str:
+    return "" if name in PRESETS else f" Presets: {sorted(PRESETS)}."
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.endswith(".safetensors") or "/" in value or os.sep in value or Path(value).expanduser().is_file()
+
+
+def resolve_backbone(
+    backbone: str | os.PathLike | nn.Module | None, weights: str, ds: ImageDataset, device: torch.device
+) -> SkippableViT:
+    """The backbone an env runs, following the table in this module's docstring."""
+    if isinstance(backbone, nn.Module):
+        vit = backbone if isinstance(backbone, SkippableViT) else SkippableViT(backbone)
+    elif isinstance(backbone, os.PathLike) or (isinstance(backbone, str) and _looks_like_path(backbone)):
+        vit = load_backbone(backbone, num_classes=ds.num_classes)
+    elif backbone is None or isinstance(backbone, str):
+        random = backbone == "random" or weights == "random"
+        name = DEFAULT_PRESET.get(ds.name, "demo") if backbone in (None, "random") else backbone
+        if random:
+            vit = _untrained(name, ds)
+        else:
+            path = find_backbone(name, ds.name)
+            if path is None:
+                raise FileNotFoundError(
+                    f"No trained {name!r} backbone for dataset {ds.name!r}: looked for {user_backbone_path(name, ds.name)} "
+                    f"and the shipped vitskip_env/assets/{name}-{ds.name}.safetensors. Train it with "
+                    f"`python train/backbone.py --dataset {ds.name} --preset {name}`, pass a file with "
+                    "backbone='path/to/file.safetensors', or use backbone_weights='random' (or backbone='random') "
+                    "for an untrained backbone (tests, smoke runs)." + _presets_hint(name)
+                )
+            vit = load_backbone(path, num_classes=ds.num_classes)
+    else:
+        kind = type(backbone).__name__
+        raise TypeError(f"backbone must be a path, a preset or timm name, 'random' or an nn.Module; got {kind}")
+    if vit.num_classes != ds.num_classes:
+        raise ValueError(
+            f"the backbone has {vit.num_classes} output classes but dataset {ds.name!r} has {ds.num_classes}; "
+            f"train one for it with `python train/backbone.py --dataset {ds.name}`"
+        )
+    if vit.img_size != ds.image_size:
+        raise ValueError(
+            f"the backbone takes {vit.img_size}x{vit.img_size} images but dataset {ds.name!r} has "
+            f"{ds.image_size}x{ds.image_size}; use a backbone built for that size (img_size={ds.image_size})"
+        )
+    return vit.to(device).eval()
+
+
+def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
+    """Resolve dataset, backbone, encoder, costs, rewards and cotrainer into a ``SkipCore``."""
+    opts.validate()
+    device = resolve_device(opts.device)
+    ds = load_split(opts, device)
+    vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
+    encoder = encoder_for(vit, opts.obs_mode)
+    check_memory(vit, encoder.obs_dim, num_envs, device)
+    weights = {"correct": opts.accuracy_weight, "confidence": opts.confidence_weight, "compute": opts.compute_weight}
+    cotrainer = None
+    if opts.backbone_mode == "cotrain":
+        cotrainer = Cotrainer(vit, ds, CotrainConfig.from_value(opts.cotrain))
+    return SkipCore(
+        vit,
+        ds,
+        num_envs,
+        encoder,
+        RewardModel(weights, opts.reward_fn),
+        block_costs(vit, opts.cost_model),
+        min_blocks=opts.min_blocks,
+        always_execute=tuple(opts.always_execute),
+        cotrainer=cotrainer,
+    )

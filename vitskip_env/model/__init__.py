@@ -1,0 +1,38 @@
+"""The model wing: everything that touches timm. Knows nothing of datasets or environments.
+
+``SkippableViT`` (embed / run one block on a subset of rows / head), loading and the safetensors file
+format (no pickle; every header size checked before anything is allocated), presets, stems, per-block
+costs and the class-token shortcut.
+"""
+
+from __future__ import annotations
+
+from .backbone import SkippableViT, rows_per_block
+from .class_token import class_token_ready, run_block_class_token
+from .costs import block_costs, flops_costs, latency_costs
+from .fileformat import VitskipFileError, check_save_path, on_meta, read_vitskip_file
+from .loading import backbone_from_config, load_backbone
+from .presets import PRESETS, find_backbone, preset_spec, suggest_preset, user_backbone_path
+from .stems import resolve_stem
+
+__all__ = [
+    "PRESETS",
+    "SkippableViT",
+    "VitskipFileError",
+    "backbone_from_config",
+    "block_costs",
+    "check_save_path",
+    "class_token_ready",
+    "find_backbone",
+    "flops_costs",
+    "latency_costs",
+    "load_backbone",
+    "on_meta",
+    "preset_spec",
+    "read_vitskip_file",
+    "resolve_stem",
+    "rows_per_block",
+    "run_block_class_token",
+    "suggest_preset",
+    "user_backbone_path",
+]
