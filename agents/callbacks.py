@@ -28,7 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-from vitskip_env._io import atomic_path, atomic_write_text
+from vitskip_env.files import atomic_path, atomic_write_text
 
 from .checkpoint import CHECKPOINT_META, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_agent, make_eval_env

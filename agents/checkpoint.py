@@ -38,7 +38,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from vitskip_env._io import atomic_path, atomic_write_text
+from vitskip_env.files import atomic_path, atomic_write_text
 
 from .run_state import Parts, capture_env, capture_rng, find_vec_normalize, restore_env, restore_rng
 

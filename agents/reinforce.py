@@ -39,7 +39,8 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import configure_logger
 from torch import nn
 
-from vitskip_env._io import atomic_path
+from vitskip_env.files import atomic_path
+from vitskip_env.runtime import resolve_device
 
 from .extractors import extractor_for, mlp
 
@@ -136,7 +137,7 @@ class Reinforce:
         if not isinstance(action_space, spaces.Discrete) or observation_space is None:
             raise TypeError(f"Reinforce needs a vector env with a Discrete action space, got {action_space}")
         self.observation_space, self.action_space = observation_space, action_space
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.seed, self.verbose, self.tensorboard_log = seed, verbose, tensorboard_log
         if seed is not None:
             torch.manual_seed(seed)
@@ -370,12 +371,6 @@ def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> 
         ended = dones[s] | ended
         returns[s], complete[s] = running, ended
     return returns, complete
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _is_single(obs: Obs, space: spaces.Space) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
 
-from vitskip_env._io import atomic_write_text
+from vitskip_env.files import atomic_write_text
 
 
 class AppendingCSVFormat(KVWriter):

@@ -1,6 +1,6 @@
 """Atomic file writes for the analysis package (temp file + rename), without importing torch.
 
-``vitskip_env._io`` does the same, but importing anything from ``vitskip_env`` imports the whole
+``vitskip_env.files`` does the same, but importing anything from ``vitskip_env`` imports the whole
 package (torch, Gymnasium); analysis must run with pandas and matplotlib alone.
 """
 

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from . import plots, stats
-from ._io import atomic_write_text
+from .files import atomic_write_text
 from .frames import read_eval
 from .readers import read_benchmark, read_front, read_summary, runs_frame, speed_frame
 

@@ -34,8 +34,8 @@ import tyro
 from tqdm import tqdm
 
 from vitskip_env import SkippableViT, load_backbone, make_dataset
-from vitskip_env._io import atomic_path, atomic_write_text
 from vitskip_env.data.augment import random_crop_flip
+from vitskip_env.files import atomic_path, atomic_write_text
 from vitskip_env.measure import evaluate_backbone, random_skip_top1
 from vitskip_env.model import user_backbone_path
 

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 import tyro
 
-from vitskip_env._io import atomic_path, atomic_write_text
+from vitskip_env.files import atomic_path, atomic_write_text
 
 
 @dataclass

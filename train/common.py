@@ -19,24 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitskip_env.runtime import resolve_device  # noqa: F401  (the scripts' device flag)
+
 # Make `python train/xyz.py` work from a source checkout without installing the package.
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
-
-    Raises:
-        ValueError: ``cuda`` was asked for but no GPU is visible.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for a GPU but torch sees none; use --device cpu or auto")
-    return dev
 
 
 def seed_everything(seed: int) -> None:

@@ -35,7 +35,7 @@ import torch
 import tyro
 import yaml
 
-from vitskip_env._io import atomic_write_text
+from vitskip_env.files import atomic_write_text
 
 DEFAULT_SIZES = {"layers": (24, 10), "joint": (16, 8), "rewards": (8, 3)}
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from analysis.frames import from_episodes
-from vitskip_env._io import atomic_path, atomic_write_text
+from vitskip_env.files import atomic_path, atomic_write_text
 
 
 @dataclass

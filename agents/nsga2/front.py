@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.readers import FRONT_COLUMNS, read_front  # the format's columns and reader live with the analysis
 from analysis.stats import non_dominated_mask
-from vitskip_env._io import atomic_path
+from vitskip_env.files import atomic_path
 
 __all__ = ["FRONT_COLUMNS", "mask_to_str", "non_dominated", "read_front", "str_to_mask", "write_front"]
 

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from pymoo.core.problem import Problem
 
-from vitskip_env._io import atomic_write_text
+from vitskip_env.files import atomic_write_text
 
 from .front import non_dominated, write_front
 from .reward_worker import (

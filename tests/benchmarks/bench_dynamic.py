@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from vitskip_env import DynamicViT
-from vitskip_env._io import atomic_write_text
+from vitskip_env.files import atomic_write_text
 from vitskip_env.measure import synthetic_dynamic_vit
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"

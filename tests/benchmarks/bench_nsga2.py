@@ -30,8 +30,8 @@ from agents.nsga2 import LayerSubsetProblem, binary_nsga2, evaluate_subsets, mas
 from agents.nsga2.summaries import md_table
 from agents.nsga2.trie import block_runs
 from vitskip_env import make_dataset
-from vitskip_env._io import atomic_path, atomic_write_text
 from vitskip_env.env.options import resolve_backbone
+from vitskip_env.files import atomic_path, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GOAL = 5.0

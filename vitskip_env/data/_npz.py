@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path
+from ..files import atomic_path
 
 #: Expected ``(dtype, shape)`` of each array, by name.
 ArraySpec = Mapping[str, tuple[np.dtype | type, tuple[int, ...]]]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..files import cache_dir
 from ._npz import CacheError, read_npz, write_npz
-from .._io import cache_dir
 from .dataset import (
     CIFAR_MEAN,
     CIFAR_STD,

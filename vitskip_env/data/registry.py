@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import default_root
+from ..files import default_root
 from . import real, shapes
 from .dataset import VAL_HOLDOUT, ImageDataset, Split
 

@@ -215,7 +215,7 @@ def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True
     seed = SPLIT_SEEDS[split]
     if not use_disk_cache:
         return render(n, seed)
-    from .._io import cache_dir
+    from ..files import cache_dir
 
     path = cache_dir() / "shapes" / f"shapes-{split}-{n}-{_cache_tag(n, seed)}.npz"
     if path.exists():

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_path, atomic_write_text
 from ..env.core import executed_fraction, run_executing_rows, skip_allowed
+from ..files import atomic_path, atomic_write_text
 from ..model import SkippableViT, backbone_from_config
 from ..model.fileformat import VitskipFileError, check_save_path, file_errors, read_vitskip_file, require, where_of
 from ..observations import encoder_for

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..observations import standardize
+from ..runtime import weights_key
 from .netspec import Columns
 from .policy import SkipPolicy
 
@@ -219,14 +220,3 @@ class FusedDecision(nn.Module):
         for layer in self.hidden:
             h = layer.forward(h)
         return torch.addmv(self.b_margin, h, self.w_margin)
-
-
-def weights_key(module: nn.Module) -> tuple:
-    """What identifies a module's current weights: each parameter's and buffer's identity, storage and
-    in-place version counter (an optimiser step, ``load_state_dict`` or a replaced tensor changes it).
-
-    Writes through ``.data`` bypass the counter and are not seen. Inference tensors have no counter:
-    they count by identity and storage only.
-    """
-    return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version)
-                 for t in (*module.parameters(), *module.buffers()))  # fmt: skip

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset
-from ..model import SkippableViT
+from ..model import (
+    SkippableViT,
+    run_executing_rows,
+)
 from ..observations import ObservationEncoder
 from .cotrain import Cotrainer
 from .rewards import RewardContext, RewardModel
@@ -87,19 +90,6 @@ def skip_allowed(block: int, executed: torch.Tensor, min_blocks: int, always_exe
         return torch.ones(n, dtype=torch.bool, device=executed.device)
     remaining_after = depth - block - 1
     return executed.sum(1) + remaining_after >= min_blocks
-
-
-def run_executing_rows(
-    backbone: SkippableViT, block: int, tokens: torch.Tensor, execute: torch.Tensor, *, inplace: bool = True
-) -> torch.Tensor:
-    """Run ``block`` on the rows where ``execute`` (``bool (N,)``) holds; the others pass unchanged.
-
-    Real skipping (ARCHITECTURE principle 1): the executing rows are gathered, the block runs on
-    them only and the result is scattered back; with no executing row the block is not called.
-    The ``nonzero`` is the step's one host synchronisation on a GPU (the gather size is data-dependent).
-    """
-    rows = execute.nonzero().squeeze(1)
-    return backbone.run_block(block, tokens, rows, inplace=inplace)
 
 
 @dataclass

@@ -41,6 +41,7 @@ from ..data import ImageDataset, make_dataset
 from ..model import PRESETS, SkippableViT, find_backbone, load_backbone, user_backbone_path
 from ..model.costs import COST_MODELS, CostModel, block_costs
 from ..observations import OBS_MODES, ObsMode, encoder_for
+from ..runtime import resolve_device
 from .capacity import check_memory
 from .core import SkipCore, block_indices
 from .cotrain import CotrainConfig, Cotrainer
@@ -71,7 +72,7 @@ class EnvOptions:
     obs_mode: ObsMode = "flat"
     accuracy_weight: float = 1.0
     confidence_weight: float = 0.0
-    compute_weight: float = 0.5
+    compute_weight: float = 0.1
     reward_fn: RewardFn | None = None
     cost_model: CostModel = "flops"
     min_blocks: int = 0
@@ -137,16 +138,6 @@ def check_kwargs(kwargs: Mapping[str, Any], owner: str, extra_names: tuple[str, 
             # Python's own wording: clients that probe optional arguments (TorchRL's GymEnv passes
             # ``frameskip``) look for "unexpected keyword argument" to drop the argument and retry.
             raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {key!r}.{extra} Valid: {sorted(names)}")
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} asks for a GPU but torch sees none; use device='cpu' or 'auto'")
-    return dev
 
 
 def load_split(opts: EnvOptions, device: torch.device) -> ImageDataset:

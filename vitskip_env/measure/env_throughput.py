@@ -30,17 +30,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .._io import atomic_write_text
+from ..files import atomic_write_text
+from ..runtime import sync
 
 CONFIGS: tuple[str, ...] = ("single", "sync64", "native64", "native256", "floor64", "floor256")
 #: ``(numerator, denominator, goal)``: the ratios the issue asks for.
 GOALS: tuple[tuple[str, str, float], ...] = (("native256", "floor256", 0.8), ("native64", "sync64", 2.0))
 Runner = Callable[[], int]  # runs one round, returns the env steps it made
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _actions(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
@@ -98,7 +94,7 @@ def _floor_runner(venv: Any, n: int, episodes: int, seed: int) -> Runner:
             for i in range(vit.depth):
                 tokens = vit.run_block(i, tokens, mask[:, i].nonzero().squeeze(1), inplace=True)
             vit.head(tokens).argmax(1)
-        _sync(ds.device)
+        sync(ds.device)
         return episodes * n * vit.depth
 
     return run
@@ -152,10 +148,10 @@ def measure_env_throughput(
     order = list(configs)
     for r in range(warmup + rounds):
         for name in order[r % len(order) :] + order[: r % len(order)]:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             steps = runners[name]()
-            _sync(device)
+            sync(device)
             if r >= warmup:
                 rates[name].append(steps / (time.perf_counter() - t0))
     rows = [

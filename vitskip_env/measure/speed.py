@@ -14,12 +14,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..runtime import sync
+
 Model = Callable[[torch.Tensor], object]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -58,10 +55,10 @@ def compare_speed(
         round_times = dict.fromkeys(names, 0.0)
         for batch in batches:
             for name in order:  # interleaved call by call
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 models[name](batch)
-                _sync(device)
+                sync(device)
                 round_times[name] += time.perf_counter() - t0
         if r >= warmup:
             for name in names:

@@ -7,7 +7,7 @@ costs and the class-token shortcut.
 
 from __future__ import annotations
 
-from .backbone import SkippableViT, rows_per_block
+from .backbone import SkippableViT, rows_per_block, run_executing_rows
 from .class_token import class_token_ready, run_block_class_token
 from .costs import block_costs, flops_costs, latency_costs
 from .fileformat import VitskipFileError, check_save_path, on_meta, read_vitskip_file
@@ -33,6 +33,7 @@ __all__ = [
     "resolve_stem",
     "rows_per_block",
     "run_block_class_token",
+    "run_executing_rows",
     "suggest_preset",
     "user_backbone_path",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 from .fileformat import check_save_path
 from .presets import PRESETS, preset_spec, suggest_preset
 from .stems import resolve_stem
@@ -44,6 +44,19 @@ def rows_per_block(execute_mask: torch.Tensor) -> list[torch.Tensor]:
     counts = execute_mask.sum(0).tolist()
     rows = execute_mask.t().nonzero()[:, 1]
     return list(rows.split(counts))
+
+
+def run_executing_rows(
+    backbone: SkippableViT, block: int, tokens: torch.Tensor, execute: torch.Tensor, *, inplace: bool = True
+) -> torch.Tensor:
+    """Run ``block`` on the rows where ``execute`` (``bool (N,)``) holds; the others pass unchanged.
+
+    Real skipping (ARCHITECTURE principle 1): the executing rows are gathered, the block runs on
+    them only and the result is scattered back; with no executing row the block is not called.
+    The ``nonzero`` is the step's one host synchronisation on a GPU (the gather size is data-dependent).
+    """
+    rows = execute.nonzero().squeeze(1)
+    return backbone.run_block(block, tokens, rows, inplace=inplace)
 
 
 class SkippableViT(nn.Module):

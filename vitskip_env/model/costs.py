@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from ..runtime import sync
 from .backbone import SkippableViT
 
 CostModel = Literal["flops", "latency"]
@@ -24,11 +25,6 @@ def flops_costs(backbone: SkippableViT) -> torch.Tensor:
     """FLOPs share of every block, ``float64 (depth,)`` summing to 1."""
     flops = torch.tensor(backbone.block_flops(), dtype=torch.float64)
     return flops / flops.sum()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -46,10 +42,10 @@ def block_latencies(backbone: SkippableViT, batch_size: int = 64, rounds: int = 
     times: list[list[float]] = [[] for _ in range(backbone.depth)]
     for r in range(warmup + rounds):
         for i, block in enumerate(backbone.blocks):
-            _sync(p.device)
+            sync(p.device)
             t0 = time.perf_counter()
             block(tokens)
-            _sync(p.device)
+            sync(p.device)
             if r >= warmup:
                 times[i].append(time.perf_counter() - t0)
     backbone.train(was_training)

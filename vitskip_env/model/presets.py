@@ -68,7 +68,7 @@ def backbone_filename(preset: str, dataset: str) -> str:
 
 def user_backbone_path(preset: str, dataset: str) -> Path:
     """Where ``train/backbone.py`` writes by default: ``cache_dir()/backbones/<preset>-<dataset>.safetensors``."""
-    from .._io import cache_dir
+    from ..files import cache_dir
 
     return cache_dir() / "backbones" / backbone_filename(preset, dataset)
 
