@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ._npz import CacheError, read_npz, write_npz
+from .dataset import HALF, ImageDataset
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
@@ -260,8 +261,6 @@ def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def load_shapes(split: str, root: Path, download: bool) -> ImageDataset:
     """The ``shapes`` loader of the registry (``root`` and ``download`` are unused: it renders offline)."""
-    from .dataset import HALF, ImageDataset
-
     images, labels, difficulty = generate_split(split)
     return ImageDataset(
         "shapes",
