@@ -4,7 +4,9 @@
 ``ViTSkipVectorEnv`` (the same ``SkipCore`` the agent trained on) in ``sampling="sequential"``
 mode, so ``n_images`` images are each seen exactly once, in order, ``num_envs`` at a time. It is a
 plain function: the training scripts, :class:`~agents.callbacks.SkipEvalCallback` and agents
-without SB3 callbacks all call it.
+without SB3 callbacks all call it. It scores an agent through the env (its returns, per-block rates
+and the like included); a model (a backbone or an exported ``DynamicViT``) is scored by
+:func:`vitskip_env.measure.score`.
 """
 
 from __future__ import annotations

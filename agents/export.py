@@ -4,8 +4,9 @@ The exported policy takes exactly the actions of ``model.predict(obs, determinis
 same observations: the agent's own layers are copied (features extractor, actor latent network,
 action head), the deterministic rule of its action distribution is reproduced bit for bit
 (:func:`~vitskip_env.deploy.policy.deterministic_action`), and a ``VecNormalize`` observation
-normalisation is folded in. The encoder and the constraints (``min_blocks``, ``always_execute``)
-come from the training env, so deployment obeys the rules training did.
+normalisation is folded in. The observation encoder and the skip rules (``min_blocks``,
+``always_execute``) come from the training env's public accessor ``skip_contract()``, so
+deployment sees what training saw and obeys the rules training did.
 
 Supported agents:
 
@@ -42,8 +43,8 @@ from torch import nn
 
 from vitskip_env.deploy.netspec import Columns, ConcatKeys, QuantileMean, describable
 from vitskip_env.deploy.policy import DECISIONS, Decision, SkipPolicy
-from vitskip_env.env import SkipCore
 from vitskip_env.observations import ObservationEncoder
+from vitskip_env.rules import SkipContract
 
 from .extractors import DictSkipExtractor, FlatSkipExtractor
 
@@ -72,22 +73,23 @@ def export_policy(model: Any, env: Any = None, *, vec_normalize: Any = None, dec
         ValueError: No ViTSkip env found, or the agent's observation space does not match it.
         NotImplementedError: An agent or policy kind that cannot be exported (the message lists the supported ones).
     """
-    core = _find_core(env if env is not None else _model_env(model))
-    if core is None:
+    contract = skip_contract(env if env is not None else _model_env(model))
+    if contract is None:
         raise ValueError(
             "cannot find the ViTSkip env of this agent: pass env= (the training env, or any ViTSkip env with the same "
             "backbone, obs_mode, min_blocks and always_execute); it supplies the observation encoder and the constraints"
         )
+    encoder = contract.encoder
     net, default_decision, norm_cfg = _policy_net(model)
     rule = decision or default_decision
     if rule not in DECISIONS:
         raise ValueError(f"decision must be one of {list(DECISIONS)}, got {rule!r}")
-    _check_space(getattr(model, "observation_space", None), core.encoder)
+    _check_space(getattr(model, "observation_space", None), encoder)
     if vec_normalize is None:
         vec_normalize = _find_vec_normalize(model, env)
-    norm = _obs_norm(vec_normalize, core.encoder) if vec_normalize is not None else dict(norm_cfg or {})
+    norm = _obs_norm(vec_normalize, encoder) if vec_normalize is not None else dict(norm_cfg or {})
     net = copy.deepcopy(net).cpu()
-    return SkipPolicy.from_core(core, net, decision=rule, **norm).eval()
+    return SkipPolicy.from_contract(contract, net, decision=rule, **norm).eval()
 
 
 # ---------------------------------------------------------------------------------------- networks
@@ -196,9 +198,37 @@ def _model_env(model: Any) -> Any:
     return get_env() if callable(get_env) else getattr(model, "env", None)
 
 
+def skip_contract(env: Any) -> SkipContract[ObservationEncoder] | None:
+    """The observation encoder and skip rules of a ViTSkip env, from its public ``skip_contract()``; ``None`` if it has none.
+
+    Found on ``env`` itself or ``env.unwrapped`` (a ``ViTSkipEnv`` / ``ViTSkipVectorEnv``, possibly
+    Gymnasium-wrapped), or through SB3's ``env_method`` (``SB3VecEnv``, ``DummyVecEnv``, ``VecNormalize``...).
+    """
+    if env is None:
+        return None
+    for obj in (env, _attr(env, "unwrapped")):
+        accessor = _attr(obj, "skip_contract")
+        if callable(accessor):
+            return SkipContract(*accessor())
+    env_method = _attr(env, "env_method")
+    if callable(env_method):  # an SB3 VecEnv: ask its first sub-environment
+        try:
+            return SkipContract(*env_method("skip_contract", indices=[0])[0])
+        except AttributeError:  # sub-environments that are not ViTSkip envs
+            return None
+    return None
+
+
+def _attr(obj: Any, name: str) -> Any:
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # wrappers may raise anything from __getattr__
+        return None
+
+
 def _children(obj: Any) -> list[Any]:
     out = []
-    for attr in ("core", "vector_env", "venv", "unwrapped", "env"):
+    for attr in ("vector_env", "venv", "unwrapped", "env"):
         try:
             child = getattr(obj, attr, None)
         except Exception:  # wrappers may raise anything from __getattr__
@@ -225,12 +255,6 @@ def _walk(env: Any, depth: int = 12) -> list[Any]:
             nxt.extend(_children(obj))
         frontier = nxt
     return order
-
-
-def _find_core(env: Any) -> SkipCore | None:
-    if env is None:
-        return None
-    return next((obj for obj in _walk(env) if isinstance(obj, SkipCore)), None)
 
 
 def _is_vec_normalize(obj: Any) -> bool:

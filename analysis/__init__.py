@@ -1,7 +1,8 @@
 """Which blocks get skipped for which images: pandas frames, statistics, plots and reports of runs.
 
-Pure pandas / matplotlib: nothing here imports torch or the training code (``skip_frame`` imports
-``vitskip_env`` only when handed a ``DynamicViT`` to run).
+Pure pandas / matplotlib: nothing here imports torch or the training code. Files are written
+atomically by ``vitskip_env.files`` (torch-free, as is ``import vitskip_env``); ``skip_frame``
+imports torch and the ``vitskip_env`` wings that use it only when handed a ``DynamicViT`` to run.
 
 - :mod:`analysis.frames`: ``skip_frame(run_dir)`` -> the tidy frame (one row per image x block), its columns; wide forms.
 - :mod:`analysis.stats`: execute rates, depth per class / difficulty, co-execution, common paths, Pareto fronts.

@@ -22,8 +22,8 @@ Every column after ``executed`` describes the image and repeats on each of its `
 ``"11010000"``, block 0 first); :func:`wide_frame` adds one ``bool`` column per block
 (``block_0``, ``block_1``, ...).
 
-Reading a run directory needs only pandas and pyarrow; :func:`skip_frame` imports torch and
-``vitskip_env`` only when it is given a ``DynamicViT`` to run.
+Reading a run directory needs only pandas and pyarrow; :func:`skip_frame` imports torch and the
+``vitskip_env`` wings that use it only when it is given a ``DynamicViT`` to run.
 """
 
 from __future__ import annotations

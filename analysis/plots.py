@@ -21,7 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from .files import atomic_path
+from vitskip_env.files import atomic_path
+
 from .frames import depth_of, image_frame
 from .readers import BENCHMARK_REQUIRED, _check_columns
 from .stats import block_rates, class_block_rates, pareto_front, top1_by_depth

@@ -25,8 +25,9 @@ from typing import Any
 
 import pandas as pd
 
+from vitskip_env.files import atomic_write_text
+
 from . import plots, stats
-from .files import atomic_write_text
 from .frames import read_eval
 from .readers import read_benchmark, read_front, read_summary, runs_frame, speed_frame
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from vitskip_env import SkippableViT, load_backbone, make_dataset
 from vitskip_env.data.augment import random_crop_flip
 from vitskip_env.files import atomic_path, atomic_write_text
-from vitskip_env.measure import evaluate_backbone, random_skip_top1
+from vitskip_env.measure import random_skip_top1, score
 from vitskip_env.model import user_backbone_path
 
 
@@ -324,9 +324,10 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 
 def _evaluate(model: SkippableViT, test, args: Args) -> dict[str, float]:
+    """Top-1 on the test split with every block, and with 25% / 50% of the blocks skipped at random."""
     kw = {"limit": args.eval_images}
     return {
-        "top1": round(evaluate_backbone(model, test, **kw)["top1"], 2),
+        "top1": round(score(model, test, n_images=args.eval_images).top1, 2),
         "top1_skip25": round(random_skip_top1(model, test, 0.25, seed=args.seed, **kw), 2),
         "top1_skip50": round(random_skip_top1(model, test, 0.50, seed=args.seed, **kw), 2),
     }

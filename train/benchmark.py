@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-#: glibc malloc settings the benchmark process starts with (see ARCHITECTURE.md, performance facts):
+#: glibc malloc settings the benchmark process starts with (see docs/architecture.md, "Principles"):
 #: without them large activations are mapped and unmapped every forward (page faults cost 25-35%).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 if __name__ == "__main__" and "--no-malloc-tuning" not in sys.argv and not all(k in os.environ for k in MALLOC_ENV):
@@ -96,14 +96,11 @@ def best_subset(dyn, ds, n_images: int, n_blocks: int | None = None) -> tuple[to
     ``C(depth, n_blocks)`` subsets are scored in one batched pass (:func:`agents.nsga2.layers.evaluate_subsets`).
     """
     from agents.nsga2.layers import evaluate_subsets
+    from vitskip_env.measure import score
 
     n = min(n_images, len(ds))
     if n_blocks is None:
-        with torch.inference_mode():
-            executed = sum(
-                int(dyn(ds.normalize(ds.images[s : min(n, s + 512)]), return_mask=True)[1].sum()) for s in range(0, n, 512)
-            )
-        n_blocks = max(1, round(executed / n))
+        n_blocks = max(1, round(score(dyn, ds, n_images=n).executed_blocks))
     combos = list(combinations(range(dyn.depth), n_blocks))
     masks = torch.zeros(len(combos), dyn.depth, dtype=torch.bool)
     for row, kept in enumerate(combos):

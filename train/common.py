@@ -1,4 +1,9 @@
-"""Helpers shared by the training scripts (written once here, not pasted into each script)."""
+"""Helpers shared by the training scripts (written once here, not pasted into each script).
+
+The scripts import the installed packages (``uv sync`` or ``pip install -e .`` installs them) and
+each other by plain module name: ``python train/x.py`` puts ``train/`` on ``sys.path``. The device
+flag is resolved by the package's one resolver, ``vitskip_env.runtime.resolve_device``.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitskip_env.runtime import resolve_device  # noqa: F401  (the scripts' device flag)
+from vitskip_env.runtime import resolve_device
 
-# Make `python train/xyz.py` work from a source checkout without installing the package.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+__all__ = [
+    "changed_fields",
+    "deferred_interrupt",
+    "distributed_info",
+    "make_run_dir",
+    "newest_run",
+    "parse_json_object",
+    "resolve_device",
+    "run_name",
+    "seed_everything",
+    "set_threads",
+]
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import common  # noqa: F401  (puts the repository on sys.path)
 import tyro
 from rl import RLArgs, main
 

@@ -319,7 +319,7 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     """Export the DynamicViT, evaluate it against the static backbone, write eval.parquet and the summaries."""
     from agents import evaluate_agent, export_policy
     from vitskip_env import DynamicViT, make_dataset
-    from vitskip_env.measure import compare_speed
+    from vitskip_env.measure import compare_speed, score
 
     backbone = env.unwrapped.backbone
     dyn = DynamicViT(backbone, export_policy(model, env)).eval()
@@ -330,16 +330,9 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
 
     ds = env.unwrapped.dataset
     test = make_dataset(ds.name, "test", args.data_root, False, backbone_device(backbone))
-    n = len(test) if args.final_eval_images is None else min(args.final_eval_images, len(test))
-    static_correct, dyn_correct, executed = 0, 0, 0
-    with torch.inference_mode():
-        for s in range(0, n, 512):
-            x = test.normalize(test.images[s : min(n, s + 512)])
-            y = test.labels[s : min(n, s + 512)]
-            static_correct += int((backbone(x).argmax(1) == y).sum())
-            logits, mask = dyn(x, return_mask=True)
-            dyn_correct += int((logits.argmax(1) == y).sum())
-            executed += int(mask.sum())
+    static = score(backbone, test, n_images=args.final_eval_images)
+    dynamic = score(dyn, test, n_images=args.final_eval_images)
+    n = static.n_images
     speed = {}
     for bs in args.speed_batch_sizes:
         batches = [test.normalize(test.images[i * bs : (i + 1) * bs]) for i in range(max(1, min(8, 2048 // bs)))]
@@ -347,8 +340,8 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     summary = {
         "env": args.env, "algo": args.algo, "seed": args.seed, "total_timesteps": int(model.num_timesteps),
         "train_minutes": round(train_seconds / 60, 2), "depth": backbone.depth, "test_images": n,
-        "top1_static": 100 * static_correct / n, "top1_dynamic": 100 * dyn_correct / n,
-        "executed_blocks": executed / n, "executed_frac": executed / n / backbone.depth,
+        "top1_static": static.top1, "top1_dynamic": dynamic.top1,
+        "executed_blocks": dynamic.executed_blocks, "executed_frac": dynamic.executed_frac,
         "agent_top1": result["top1"], "difficulty_corr": result.get("difficulty_corr"),
         "block_rates": result["block_rates"], "mean_return": result["mean_return"],
         "speed": {str(bs): v for bs, v in speed.items()},

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .env import CotrainConfig, RewardContext, SkipCore, ViTSkipEnv, ViTSkipVectorEnv
     from .model import PRESETS, SkippableViT, load_backbone, rows_per_block
     from .observations import ObservationEncoder
+    from .rules import SkipRules
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ _LAZY: dict[str, str] = {
     "RewardContext": "vitskip_env.env",
     "SkipPolicy": "vitskip_env.deploy",
     "DynamicViT": "vitskip_env.deploy",
+    "SkipRules": "vitskip_env.rules",
 }
 
 
@@ -100,6 +102,7 @@ __all__ = [
     "RewardContext",
     "SkipCore",
     "SkipPolicy",
+    "SkipRules",
     "SkippableViT",
     "ViTSkipEnv",
     "ViTSkipVectorEnv",

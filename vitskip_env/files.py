@@ -1,4 +1,8 @@
-"""Small file helpers: every file the package writes is written atomically (temp file + rename)."""
+"""Small file helpers: atomic writes (temp file + rename) for every file the project writes, and the
+cache folders (``$VITSKIP_HOME``, ``$VITSKIP_DATA``).
+
+Standard library only (no torch, no numpy), so ``analysis`` writes its reports with it too.
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ sees exactly what it saw in training. Every mode shares two entries:
 
 * ``block``: one-hot index ``(depth,)`` of the block about to be decided (all zeros once the
   episode is over: there is no next block);
-* ``executed_frac``: ``(1,)`` blocks executed so far divided by ``depth``, in ``[0, 1]``.
+* ``executed_frac``: ``(1,)`` blocks executed so far divided by ``depth``, in ``[0, 1]``
+  (:func:`executed_fraction` of the executed mask).
 
 and adds the token features:
 
@@ -34,6 +35,11 @@ from gymnasium import spaces
 ObsMode = Literal["flat", "dict", "tokens"]
 OBS_MODES: tuple[str, ...] = ("flat", "dict", "tokens")
 Pool = Literal["cls", "mean"]
+
+
+def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
+    """``float32 (N,)``: blocks executed so far / depth, from the ``bool (N, depth)`` executed mask (``executed_frac``)."""
+    return executed.sum(1, dtype=torch.float32) / executed.shape[1]
 
 
 def standardize(x: torch.Tensor, bound: float) -> torch.Tensor:

@@ -3,8 +3,9 @@
 A trained agent (a :class:`~vitskip_env.DynamicViT`) keeps deciding per image, but only among the
 blocks a subset keeps: removed blocks are forced skipped (and the agent sees them as skipped, as if it
 had skipped them itself). The fitness of a subset is the environment's episode reward averaged over
-the fitness images: ``accuracy_weight * correct + confidence_weight * log p(true class) -
-compute_weight * (cost share of the executed blocks)`` (:mod:`vitskip_env.env.rewards`), so the GA sees
+the fitness images, computed by the env's own reward model (:meth:`vitskip_env.env.rewards.RewardModel.episode`:
+by default ``accuracy_weight * correct + confidence_weight * log p(true class) - compute_weight *
+(cost share of the executed blocks)``, or the components of a custom ``reward_fn``), so the GA sees
 the skipping dynamics: removing a block the agent rarely runs costs little, removing one it relies
 on costs accuracy. Objectives: maximise the mean reward, minimise the kept blocks (a smaller model).
 
@@ -31,8 +32,8 @@ from torch import nn
 
 from vitskip_env.data import ImageDataset
 from vitskip_env.deploy import DynamicViT
-from vitskip_env.env.core import run_executing_rows
-from vitskip_env.env.rewards import CONFIDENCE_FLOOR, DEFAULT_WEIGHTS, WEIGHT_NAMES
+from vitskip_env.env.rewards import DEFAULT_WEIGHTS, WEIGHT_NAMES, RewardFn, RewardModel
+from vitskip_env.model import run_executing_rows
 from vitskip_env.model.costs import CostModel, block_costs
 
 from .cache import PrefixCache, fingerprint
@@ -81,6 +82,7 @@ def evaluate_joint(
     *,
     dataset: ImageDataset | None = None,
     weights: Mapping[str, float] | None = None,
+    reward_fn: RewardFn | None = None,
     batch_size: int = 256,
     costs: torch.Tensor | CostModel = "flops",
     cache: PrefixCache | None = None,
@@ -88,27 +90,31 @@ def evaluate_joint(
     """RL reward, top-1 and executed blocks of the agent restricted to each subset in ``masks``, in one pass.
 
     Args:
-        dyn: The trained agent fused with its backbone.
+        dyn: The trained agent combined with its backbone.
         masks: ``bool (P, depth)``, True = block kept (the agent may run it), False = removed.
         images: ``uint8`` images (with ``dataset``) or normalised ones.
         labels: Their labels.
         dataset: Normalises uint8 images.
         weights: Reward weights ``{"correct", "confidence", "compute"}`` (missing ones: the env's
             defaults); use :func:`reward_weights` for a run's own.
+        reward_fn: The env's custom component function, if the agent trained with one (``None``:
+            the built-in components).
         batch_size: Images per chunk.
-        costs: Cost share per block: ``"flops"``, ``"latency"`` or a ``(depth,)`` tensor.
+        costs: Cost share per block: ``"flops"``, ``"latency"`` or a ``(depth,)`` tensor (used as
+            ``float32``, as the env does).
         cache: States (tokens and executed blocks) of kept-block prefixes from earlier calls on the
             same agent, images and ``batch_size`` (:class:`agents.nsga2.cache.PrefixCache`). The
             agent is deterministic, so a prefix's state is the same whichever subset it belongs to.
 
     Returns:
-        CPU tensors with one entry per mask: ``reward`` (mean episode reward), ``top1`` (percent),
+        CPU tensors with one entry per mask: ``reward`` (mean episode reward, summed over the steps
+        in float64 by :meth:`~vitskip_env.env.rewards.RewardModel.episode`), ``top1`` (percent),
         ``correct``, ``executed_blocks`` (mean per image), ``compute`` (mean executed cost share),
         ``kept_blocks``; and the scalars ``images`` and ``block_calls`` (trie steps run, summed over the
         chunks; a step decides a block for every row and runs it for those that execute).
     """
     backbone = dyn.backbone
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    rewards = RewardModel(weights or {}, reward_fn)
     mask_np = check_masks(masks, backbone.depth)
     device = next(backbone.parameters()).device
     images, labels = prepare_images(images, labels, dataset, device)
@@ -131,11 +137,10 @@ def evaluate_joint(
 
             def finish(state: State, mask_id: int, y: torch.Tensor = y) -> None:
                 tokens, executed = state
-                logp = F.log_softmax(backbone.head(tokens).float(), 1)
-                correct = (logp.argmax(1) == y).double()
-                confidence = logp.gather(1, y[:, None]).squeeze(1).clamp(min=CONFIDENCE_FLOOR).double()
+                logits = backbone.head(tokens)
+                reward, _ = rewards.episode(executed, logits, y, share)
+                correct = (F.log_softmax(logits.float(), 1).argmax(1) == y).double()
                 compute = executed.double() @ share.double()
-                reward = w["correct"] * correct + w["confidence"] * confidence - w["compute"] * compute
                 sums[mask_id] += torch.stack([reward.sum(), correct.sum(), executed.sum().double(), compute.sum()])
 
             view = None if cache is None else cache.chunk(k)
@@ -165,6 +170,7 @@ class JointSubsetProblem(Problem):
         labels: Their labels.
         dataset: Normalises uint8 images.
         weights: Reward weights (:func:`reward_weights` of the agent's run).
+        reward_fn: The env's custom component function, if the agent trained with one.
         min_blocks: Fewest kept blocks allowed.
         batch_size: Images per chunk.
         cache_mb: Memory for prefix states kept between generations (see :class:`LayerSubsetProblem`); 0: off.
@@ -178,6 +184,7 @@ class JointSubsetProblem(Problem):
         *,
         dataset: ImageDataset | None = None,
         weights: Mapping[str, float] | None = None,
+        reward_fn: RewardFn | None = None,
         min_blocks: int = 1,
         batch_size: int = 256,
         cache_mb: float = 1024.0,
@@ -190,6 +197,7 @@ class JointSubsetProblem(Problem):
         self.images, self.labels = prepare_images(images, labels, dataset, next(dyn.backbone.parameters()).device)
         self.dataset = dataset
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.reward_fn = reward_fn
         self.min_blocks = min_blocks
         self.batch_size = batch_size
         self.costs = block_costs(dyn.backbone, "flops")
@@ -214,7 +222,8 @@ class JointSubsetProblem(Problem):
         t0 = time.perf_counter()
         masks = np.stack([str_to_mask(k) for k in new])
         r = evaluate_joint(self.dyn, masks, self.images, self.labels, dataset=self.dataset, weights=self.weights,
-                           batch_size=self.batch_size, costs=self.costs, cache=self.cache)  # fmt: skip
+                           reward_fn=self.reward_fn, batch_size=self.batch_size, costs=self.costs,
+                           cache=self.cache)  # fmt: skip
         self.eval_seconds += time.perf_counter() - t0
         for j, k in enumerate(new):
             self.scores[k] = {name: float(r[name][j]) for name in ("reward", "top1", "executed_blocks", "compute")}
@@ -259,7 +268,7 @@ class SubsetDynamicViT(nn.Module):
     """A :class:`~vitskip_env.DynamicViT` whose agent may only use the kept blocks: removed blocks never run.
 
     Args:
-        dyn: The agent fused with its backbone.
+        dyn: The agent combined with its backbone.
         kept: ``bool (depth,)`` mask or kept block indices.
 
     Example:

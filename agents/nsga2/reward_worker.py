@@ -27,7 +27,7 @@ import torch
 
 from vitskip_env import DynamicViT, ImageDataset, SkippableViT, SkipPolicy, make_dataset
 from vitskip_env.env.options import EnvOptions, load_split, resolve_backbone, resolve_device
-from vitskip_env.model import flops_costs
+from vitskip_env.measure import score
 
 #: Searched parameters that are env (reward) keyword arguments.
 REWARD_PARAMS: tuple[str, ...] = ("accuracy_weight", "compute_weight", "confidence_weight")
@@ -93,28 +93,13 @@ def policy_from_payload(payload: Mapping[str, Any]) -> SkipPolicy:
 def score_dynamic(dyn: DynamicViT, dataset: ImageDataset, n_images: int | None = None) -> dict[str, float]:
     """Top-1 and spent compute of a ``DynamicViT`` on the first ``n_images`` images of ``dataset`` (deterministic).
 
+    :func:`vitskip_env.measure.score` in batches of :data:`SCORE_BATCH`, as plain numbers.
+
     Returns:
         ``images``, ``top1`` (percent), ``executed_blocks`` (mean per image), ``executed_frac`` (of
         depth) and ``compute`` (mean share of block FLOPs spent, in [0, 1]).
     """
-    n = len(dataset) if n_images is None else min(int(n_images), len(dataset))
-    device = next(dyn.backbone.parameters()).device
-    costs = flops_costs(dyn.backbone).to(device=device, dtype=torch.float64)
-    correct, executed, compute = 0, 0, 0.0
-    with torch.inference_mode():
-        for s in range(0, n, SCORE_BATCH):
-            stop = min(n, s + SCORE_BATCH)
-            logits, mask = dyn(dataset.normalize(dataset.images[s:stop].to(device)), return_mask=True)
-            correct += int((logits.argmax(1) == dataset.labels[s:stop].to(device)).sum())
-            executed += int(mask.sum())
-            compute += float((mask.to(torch.float64) @ costs).sum())
-    return {
-        "images": n,
-        "top1": 100.0 * correct / n,
-        "executed_blocks": executed / n,
-        "executed_frac": executed / n / dyn.depth,
-        "compute": compute / n,
-    }
+    return score(dyn, dataset, n_images=n_images, batch_size=SCORE_BATCH).as_dict()
 
 
 _PROCESS_LOADS = [0]  # backbones loaded by this process, all RewardWorkers together

@@ -9,7 +9,7 @@ interleaved call by call, medians; also the speedup over the static backbone and
 (speedup / ideal speedup ``depth / blocks per image``). ``VITSKIP_BENCH_COMPILE=1`` adds the
 ``DynamicViT.compiled()`` path (about a minute of compilation); ``VITSKIP_BENCH_PRESET`` picks the
 backbone (default ``demo``). Run it alone on an idle machine
-(see ARCHITECTURE.md). Writes ``benchmarks/results/dynamic_decision.md``.
+(see docs/architecture.md). Writes ``benchmarks/results/dynamic_decision.md``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_decision_overhead_per_block() -> None:
     vit = dyn.backbone
     one = typical_image(dyn, x)
     exact = copy.deepcopy(dyn)
-    exact.fused = None  # the policy network layer by layer, as the env computes it
+    exact.folded = None  # the policy network layer by layer, as the env computes it
     configs = [("exact", exact), ("folded", dyn)]
     if os.environ.get("VITSKIP_BENCH_COMPILE") == "1":
         configs.append(("compiled", copy.deepcopy(dyn).compiled()))
@@ -103,7 +103,7 @@ def test_decision_overhead_per_block() -> None:
         "(`vitskip_env.measure.synthetic`, half the blocks executed)",
         "",
         "`uv run pytest -m benchmark tests/benchmarks/bench_dynamic.py -s`; medians. *exact*: the policy network "
-        "layer by layer (what the env computes); *folded*: `vitskip_env.deploy.fused` (NumPy on the host up to 16 images; "
+        "layer by layer (what the env computes); *folded*: `vitskip_env.deploy.folded` (NumPy on the host up to 16 images; "
         "token features kept across skips in `forward`), the default on CPU, with the same decisions"
         + (
             "; *compiled*: `DynamicViT.compiled()` (every block and the exact decision through `torch.compile`, "

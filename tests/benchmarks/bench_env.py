@@ -3,7 +3,7 @@
 Writes ``benchmarks/results/env_throughput.{csv,md}``. Run it alone on an otherwise idle machine:
 two benchmark processes at once, or a training job beside it, make the numbers meaningless.
 For large batches set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` before starting
-Python (see ARCHITECTURE.md); the settings used are recorded in the output.
+Python (see docs/architecture.md); the settings used are recorded in the output.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from vitskip_env.measure.env_throughput import measure_env_throughput, write_res
 from vitskip_env.model import find_backbone
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+#: The lowest acceptable value of each reported ratio: the native env at 256 images keeps 80% of the
+#: compute floor's speed, and at 64 images runs at least twice as fast as Gymnasium's sync vectorisation.
+MIN_RATIOS: dict[str, float] = {"native256 / floor256": 0.8, "native64 / sync64": 2.0}
 
 
 @pytest.mark.benchmark
@@ -36,6 +39,7 @@ def test_env_throughput() -> None:
     print(md_path.read_text())
     rates = {row["config"]: row["steps_per_s"] for row in result["rows"]}
     assert all(rate > 0 for rate in rates.values())
-    # The issue's goals, reported in the markdown; asserted so a regression shows up when this is run.
+    # Asserted so that a regression shows up when this is run.
     for ratio in result["ratios"]:
-        assert ratio["met"], f"{ratio['ratio']} = {ratio['median']:.2f}, goal >= {ratio['goal']} (see {md_path})"
+        low = MIN_RATIOS[ratio["ratio"]]
+        assert ratio["median"] >= low, f"{ratio['ratio']} = {ratio['median']:.2f}, expected >= {low} (see {md_path})"

@@ -19,6 +19,7 @@ from agents.callbacks import SkipCheckpointCallback, SkipEvalCallback, load_chec
 from agents.checkpoint import FORMAT
 from agents.evaluation import spearman
 from vitskip_env import ViTSkipVectorEnv
+from vitskip_env.env import EnvOptions
 from vitskip_env.measure import evaluate_backbone
 
 N, DEPTH = 8, 4
@@ -46,7 +47,8 @@ def test_evaluate_agent_scores_each_image_once(micro_kwargs: dict) -> None:
     # executing everything is the static backbone: the same top-1 as the backbone scorer
     venv = ViTSkipVectorEnv(1, **micro_kwargs)
     assert result["top1"] == pytest.approx(evaluate_backbone(venv.backbone, venv.dataset, limit=10)["top1"])
-    np.testing.assert_allclose(ep["return"], ep["correct"] - 0.5)  # compute_weight 0.5 x all blocks
+    weight = EnvOptions().compute_weight  # the default, paid in full when every block runs
+    np.testing.assert_allclose(ep["return"], ep["correct"] - weight, rtol=1e-6)
     skip = evaluate_agent(ConstantAgent(0), micro_kwargs, None, num_envs=16)
     assert skip["images"] == 64 and skip["executed_blocks"] == 0 and skip["block_rates"] == [0.0] * DEPTH  # whole split
     assert np.isnan(skip["difficulty_corr"])  # constant executed blocks: no rank correlation

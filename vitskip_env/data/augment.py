@@ -1,4 +1,9 @@
-"""Batched, device-side augmentation of uint8 image batches (no per-image Python loop)."""
+"""Batched, device-side augmentation of uint8 image batches (no per-image Python loop), and random block masks.
+
+:func:`random_block_mask` is the one generator of random execute masks: the random skips of the
+backbone's evaluation (:func:`random_skip_mask`) and the benchmark's random contender
+(``vitskip_env.measure.contenders.random_masks_like``) both draw theirs from it.
+"""
 
 from __future__ import annotations
 
@@ -38,13 +43,34 @@ def random_crop_flip(
     return out
 
 
+def random_block_mask(
+    batch: int,
+    depth: int,
+    count: int | torch.Tensor,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``bool (batch, depth)``: True at exactly ``count`` blocks per row, chosen uniformly at random.
+
+    The one random-mask generator: every block of a row gets a random rank (a uniformly random
+    permutation drawn from ``generator``), and the blocks ranked below ``count`` are picked.
+
+    Args:
+        batch: Rows.
+        depth: Blocks per row.
+        count: Blocks to pick per row: an ``int`` or an integer tensor ``(batch, 1)`` on ``device``.
+        device: Where the random scores are drawn (the generator's device).
+        generator: Torch generator for reproducible masks.
+    """
+    scores = torch.rand(batch, depth, device=device, generator=generator)
+    ranks = scores.argsort(1).argsort(1)
+    return ranks < count
+
+
 def random_skip_mask(
     batch: int, depth: int, skip_fraction: float, device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``bool (batch, depth)`` execute mask skipping exactly ``round(skip_fraction * depth)`` random blocks per image."""
     if not 0.0 <= skip_fraction <= 1.0:
         raise ValueError(f"skip_fraction must be in [0, 1], got {skip_fraction}")
-    n_skip = round(skip_fraction * depth)
-    scores = torch.rand(batch, depth, device=device, generator=generator)
-    ranks = scores.argsort(1).argsort(1)
-    return ranks >= n_skip
+    return ~random_block_mask(batch, depth, round(skip_fraction * depth), device, generator)

@@ -1,18 +1,20 @@
 """The deployment wing: the trained policy as a torch module (``SkipPolicy``), the deployable
-``DynamicViT`` (batched real skipping), the folded decision and the policy network description.
-It must not import the env wing: what it shares with the env is the observation contract.
+``DynamicViT`` (batched real skipping), the folded decision (``FoldedDecision``) and the policy
+network description. It must not import the env wing: what it shares with the env is the contract
+(the observation encoder and the skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
 """
 
 from __future__ import annotations
 
+from ..runtime import weights_key
 from .dynamic import DynamicViT
-from .fused import FusedDecision, weights_key
+from .folded import FoldedDecision
 from .netspec import build_net, describe_net, supported_layers
 from .policy import SkipPolicy, deterministic_action
 
 __all__ = [
     "DynamicViT",
-    "FusedDecision",
+    "FoldedDecision",
     "SkipPolicy",
     "build_net",
     "describe_net",

@@ -1,10 +1,11 @@
-"""``DynamicViT``: a ViT fused with a skip policy, for deployment with real per-image skipping.
+"""``DynamicViT``: a ViT combined with a skip policy, for deployment with real per-image skipping.
 
 Per block, for the whole batch: the observation of every row (the same
 :class:`~vitskip_env.observations.ObservationEncoder` the environments use, on the current tokens)
--> the policy's deterministic decision -> the environment's constraints (``always_execute``,
-``min_blocks``) -> the block runs on the gathered executing rows only and the result is scattered
-back (:func:`~vitskip_env.env.core.run_executing_rows`, the function ``SkipCore`` steps with; a block no
+-> the policy's deterministic decision -> the environment's skip rules (the same
+:class:`~vitskip_env.rules.SkipRules` object: ``always_execute``, ``min_blocks``) -> the block runs
+on the gathered executing rows only and the result is scattered back
+(:func:`~vitskip_env.model.run_executing_rows`, the function ``SkipCore`` steps with; a block no
 row executes is not called). So a deployed policy sees exactly the observations and obeys exactly
 the rules it was trained with, and for the same images ``DynamicViT`` reproduces the environment's
 executed masks and predictions.
@@ -13,7 +14,7 @@ Host synchronisation: everything per block stays on the device except the ``nonz
 the gather; that one is inherent to real skipping with eager kernels (the sub-batch shape is
 data-dependent) and on a GPU costs one round trip per decided block. Blocks in
 ``always_execute`` skip the policy and the sync altogether. On CPU every op is synchronous anyway,
-so there the decision runs folded (:mod:`vitskip_env.deploy.fused`: ~8 kernels instead of ~20, exact
+so there the decision runs folded (:mod:`vitskip_env.deploy.folded`: ~8 kernels instead of ~20, exact
 decisions kept; a row's token features are recomputed only after a block changed it, and up to
 :data:`HOST_BATCH` images decide in NumPy) and a batch of one image runs or skips each block
 without a gather.
@@ -36,12 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..env.core import executed_fraction, run_executing_rows, skip_allowed
 from ..files import atomic_path, atomic_write_text
-from ..model import SkippableViT, backbone_from_config
+from ..model import SkippableViT, backbone_from_config, run_executing_rows
 from ..model.fileformat import VitskipFileError, check_save_path, file_errors, read_vitskip_file, require, where_of
-from ..observations import encoder_for
-from .fused import FusedDecision
+from ..observations import encoder_for, executed_fraction
+from .folded import FoldedDecision
 from .policy import DECISIONS, Decision, SkipPolicy, deterministic_action
 
 __all__ = ["DECISIONS", "FORMAT", "Decision", "DynamicViT", "SkipPolicy", "deterministic_action"]
@@ -84,7 +84,7 @@ class DynamicViT(nn.Module):
         self.meta: dict[str, Any] = {}
         self._compiled_decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         #: The folded decision (``None``: the policy's form is not supported; the exact path runs).
-        self.fused = FusedDecision.build(self.policy)
+        self.folded = FoldedDecision.build(self.policy)
 
     @property
     def depth(self) -> int:
@@ -92,9 +92,9 @@ class DynamicViT(nn.Module):
         return self.backbone.depth
 
     def decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
-        """``bool (N,)``: which rows execute ``block``, after the env's constraints.
+        """``bool (N,)``: which rows execute ``block``, after the skip rules (``always_execute``, ``min_blocks``).
 
-        On CPU with a policy :class:`~vitskip_env.deploy.fused.FusedDecision` supports, the decision runs
+        On CPU with a policy :class:`~vitskip_env.deploy.folded.FoldedDecision` supports, the decision runs
         folded (~8 kernels instead of ~20) and rows whose margin is within rounding of a tie are
         re-decided by the exact path, so the result is the exact path's either way. On other
         devices (and after :meth:`compiled`) the exact path runs alone: no host synchronisation.
@@ -109,37 +109,38 @@ class DynamicViT(nn.Module):
                 return self.decide(block, tokens, executed)
         if self._compiled_decide is not None:
             return self._compiled_decide(block, tokens, executed)
-        fused = self.fused
-        if fused is None or tokens.device.type != "cpu":
+        folded = self.folded
+        if folded is None or tokens.device.type != "cpu":
             return self._decide(block, tokens, executed)
-        if tokens.shape[0] <= HOST_BATCH and fused.has_host_path:  # NumPy on the host: no torch kernel per op
-            margin = fused.margin_host(tokens, block, executed.numpy().sum(1))
-            execute = torch.from_numpy(self._settle_host(fused, block, margin, tokens, executed))
+        if tokens.shape[0] <= HOST_BATCH and folded.has_host_path:  # NumPy on the host: no torch kernel per op
+            margin = folded.margin_host(tokens, block, executed.numpy().sum(1))
+            execute = torch.from_numpy(self._settle_host(folded, block, margin, tokens, executed))
         else:
-            execute = self._settle(fused, block, fused(tokens, block, executed.sum(1, dtype=torch.float32)), tokens, executed)
+            margin = folded(tokens, block, executed.sum(1, dtype=torch.float32))
+            execute = self._settle(folded, block, margin, tokens, executed)
         return self._apply_rules(block, execute, executed)
 
     def _settle(
-        self, fused: FusedDecision, block: int, margin: torch.Tensor, tokens: torch.Tensor, executed: torch.Tensor
+        self, folded: FoldedDecision, block: int, margin: torch.Tensor, tokens: torch.Tensor, executed: torch.Tensor
     ) -> torch.Tensor:
         """``margin > 0``, with the rows within rounding of a tie re-decided by the exact path."""
         execute = margin > 0
-        unsure = margin.abs() <= fused.tol
+        unsure = margin.abs() <= folded.tol
         if unsure.any():
             rows = unsure.nonzero().squeeze(1)
             execute[rows] = self._exact(block, tokens[rows], executed[rows])
         return execute
 
     def _settle_host(
-        self, fused: FusedDecision, block: int, margin: np.ndarray, tokens: torch.Tensor, executed: torch.Tensor
+        self, folded: FoldedDecision, block: int, margin: np.ndarray, tokens: torch.Tensor, executed: torch.Tensor
     ) -> np.ndarray:
         """:meth:`_settle` for NumPy margins (one image: Python floats, cheaper than two array operations)."""
         execute = margin > 0
         if margin.shape[0] == 1:
-            if -fused.tol <= float(margin[0]) <= fused.tol:
+            if -folded.tol <= float(margin[0]) <= folded.tol:
                 execute[0] = bool(self._exact(block, tokens, executed))
             return execute
-        unsure = np.flatnonzero(np.abs(margin) <= fused.tol)
+        unsure = np.flatnonzero(np.abs(margin) <= folded.tol)
         if unsure.size:
             rows = torch.from_numpy(unsure)
             execute[unsure] = self._exact(block, tokens[rows], executed[rows]).numpy()
@@ -150,10 +151,10 @@ class DynamicViT(nn.Module):
         return self.policy.forward(packed)  # (not __call__: its bookkeeping costs ~10 us a block at batch 1)
 
     def _apply_rules(self, block: int, execute: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
-        policy = self.policy
-        if policy.min_blocks:
-            execute = execute | ~skip_allowed(block, executed, policy.min_blocks, policy.always_execute)
-        return execute
+        rules = self.policy.rules
+        if not rules.binds(block):  # most blocks: no rule can override a skip here, nothing to compute
+            return execute
+        return rules.enforce(block, executed.sum(1), execute)
 
     def _decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         return self._apply_rules(block, self._exact(block, tokens, executed), executed)
@@ -164,7 +165,7 @@ class DynamicViT(nn.Module):
         :meth:`forward` does it by itself when the weights changed in place; call it before using
         :meth:`decide` directly after changing them.
         """
-        self.fused = FusedDecision.build(self.policy)
+        self.folded = FoldedDecision.build(self.policy)
         return self
 
     def forward(self, images: torch.Tensor, return_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -180,29 +181,29 @@ class DynamicViT(nn.Module):
         """
         vit = self.backbone
         _check_images(images)
-        fused = self.fused
-        if fused is not None and fused.is_stale(self.policy):
-            fused = self.refold().fused  # the policy's weights were changed in place since the fold
+        folded = self.folded
+        if folded is not None and folded.is_stale(self.policy):
+            folded = self.refold().folded  # the policy's weights were changed in place since the fold
         try:
             tokens = vit.embed(images)
         except RuntimeError as exc:  # diagnosed only on failure: the happy path pays nothing for it
             _explain_dtype(images, vit, exc)
             raise
         executed = torch.zeros(tokens.shape[0], vit.depth, dtype=torch.bool, device=tokens.device)
-        if fused is None or tokens.device.type != "cpu" or self._compiled_decide is not None:
+        if folded is None or tokens.device.type != "cpu" or self._compiled_decide is not None:
             tokens = self._run_exact(tokens, executed)
-        elif tokens.shape[0] <= HOST_BATCH and fused.has_host_path:
-            tokens = self._run_host(fused, tokens, executed)
+        elif tokens.shape[0] <= HOST_BATCH and folded.has_host_path:
+            tokens = self._run_host(folded, tokens, executed)
         else:
-            tokens = self._run_folded(fused, tokens, executed)
+            tokens = self._run_folded(folded, tokens, executed)
         logits = vit.head(tokens)
         return (logits, executed) if return_mask else logits
 
     def _run_exact(self, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         """The blocks with :meth:`decide` per block: no host synchronisation but the gather's ``nonzero``."""
-        vit, inplace = self.backbone, not torch.is_grad_enabled()
+        vit, always, inplace = self.backbone, self.policy.rules.always_execute, not torch.is_grad_enabled()
         for i in range(vit.depth):
-            if i in self.policy.always_execute:  # the env overrides any decision here: no policy, no sync
+            if i in always:  # the rules override any decision here: no policy, no sync
                 executed[:, i] = True
                 tokens = vit.run_block(i, tokens)
                 continue
@@ -211,14 +212,14 @@ class DynamicViT(nn.Module):
             tokens = run_executing_rows(vit, i, tokens, execute, inplace=inplace)
         return tokens
 
-    def _run_folded(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+    def _run_folded(self, folded: FoldedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         """CPU, torch kernels: the folded decision, its token features recomputed only for rows a block changed."""
-        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        vit, rules, inplace = self.backbone, self.policy.rules, not torch.is_grad_enabled()
         count = torch.zeros(tokens.shape[0])
         features: torch.Tensor | None = None  # None: recompute for every row
         changed: torch.Tensor | None = None  # rows the last block ran on
         for i in range(vit.depth):
-            if i in policy.always_execute:
+            if i in rules.always_execute:
                 executed[:, i] = True
                 tokens = vit.run_block(i, tokens)
                 count += 1
@@ -226,11 +227,11 @@ class DynamicViT(nn.Module):
                 continue
             with torch.no_grad():
                 if features is None:
-                    features = fused.features(fused.pool(tokens))
+                    features = folded.features(folded.pool(tokens))
                 elif changed is not None and changed.numel():
-                    features.index_copy_(0, changed, fused.features(fused.pool(tokens).index_select(0, changed)))
-                margin = fused.margin_from(features, i, count)
-                execute = self._apply_rules(i, self._settle(fused, i, margin, tokens, executed), executed)
+                    features.index_copy_(0, changed, folded.features(folded.pool(tokens).index_select(0, changed)))
+                margin = folded.margin_from(features, i, count)
+                execute = self._apply_rules(i, self._settle(folded, i, margin, tokens, executed), executed)
             executed[:, i] = execute
             changed = execute.nonzero().squeeze(1)
             tokens = vit.run_block(i, tokens, changed, inplace=inplace)
@@ -239,20 +240,20 @@ class DynamicViT(nn.Module):
                 features = None
         return tokens
 
-    def _run_host(self, fused: FusedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
+    def _run_host(self, folded: FoldedDecision, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         """CPU, a few images: the folded decision in NumPy, the mask written through a NumPy view.
 
         A row's token features are kept while it skips; a batch of one image runs or skips each
         block without a gather (the same arithmetic).
         """
-        vit, policy, inplace = self.backbone, self.policy, not torch.is_grad_enabled()
+        vit, rules, inplace = self.backbone, self.policy.rules, not torch.is_grad_enabled()
         n, depth = executed.shape
         host = executed.numpy()
         count = np.zeros(n, dtype=np.int64)
         features: np.ndarray | None = None
         changed = np.arange(n)
         for i in range(depth):
-            if i in policy.always_execute:
+            if i in rules.always_execute:
                 host[:, i] = True
                 tokens = vit.run_block(i, tokens)
                 count += 1
@@ -260,12 +261,11 @@ class DynamicViT(nn.Module):
                 continue
             with torch.no_grad():
                 if features is None or changed.size == n:
-                    features = fused.features_host(tokens)
+                    features = folded.features_host(tokens)
                 elif changed.size:
-                    features[changed] = fused.features_host(tokens[torch.from_numpy(changed)])
-                execute = self._settle_host(fused, i, fused.margin_from_host(features, i, count), tokens, executed)
-                if policy.min_blocks:  # skip_allowed, in NumPy: the blocks left must still reach min_blocks
-                    execute |= count + (depth - i - 1) < policy.min_blocks
+                    features[changed] = folded.features_host(tokens[torch.from_numpy(changed)])
+                execute = self._settle_host(folded, i, folded.margin_from_host(features, i, count), tokens, executed)
+                execute = rules.enforce_host(i, count, execute)
             host[:, i] = execute
             changed = np.flatnonzero(execute)
             if changed.size:  # all rows (one image included) run the block as it is: no gather
@@ -278,7 +278,7 @@ class DynamicViT(nn.Module):
 
         In place; weights and ``state_dict`` keys are unchanged. ``dynamic=True`` (the default here)
         because each block sees a new sub-batch size almost every call and would otherwise
-        recompile per size. Fused kernels may round differently from eager mode, so a decision
+        recompile per size. Compiled kernels may round differently from eager mode, so a decision
         whose two scores tie to within float rounding can differ from the env's; the eager path
         is the exact one. Inductor on CPU needs a C++ compiler; see ``tests/benchmarks/bench_dynamic.py``
         for what it gains.

@@ -3,13 +3,15 @@
 ``agents.export.export_policy`` turns a trained agent into one; :class:`~vitskip_env.DynamicViT`
 runs it before every block. The deterministic rule of each agent family is reproduced bit for bit
 (:func:`deterministic_action`), a ``VecNormalize`` observation normalisation is folded in (in
-float64, as VecNormalize computes it), and the env's ``min_blocks`` / ``always_execute`` travel
-with it. Nothing here imports Stable-Baselines3.
+float64, as VecNormalize computes it), and the env's skip rules (one
+:class:`~vitskip_env.rules.SkipRules`: ``min_blocks`` / ``always_execute``) travel with it.
+Nothing here imports Stable-Baselines3 or the env wing: the encoder and the rules come from the
+env's ``skip_contract()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -17,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..env.core import SkipCore, check_constraints
 from ..model.fileformat import on_meta, shape_mismatches
 from ..observations import ObservationEncoder
+from ..rules import SkipContract, SkipRules
 from .netspec import build_net, describable, describe_net, flat_sequential
 
 Decision = Literal["categorical", "maskable", "argmax"]
@@ -60,19 +62,22 @@ def deterministic_action(
 
 
 class SkipPolicy(nn.Module):
-    """Observation encoder + small network -> execute / skip, deterministic, with the env's constraints.
+    """Observation encoder + small network -> execute / skip, deterministic, with the env's skip rules.
 
     ``agents.export.export_policy(model, env)`` builds one from a trained agent; it can also be
-    built directly from any network mapping observations to 2 action scores (0 = skip, 1 = execute).
+    built directly from any network mapping observations to 2 action scores (0 = skip, 1 = execute),
+    e.g. ``SkipPolicy.from_contract(env.unwrapped.skip_contract(), net)``.
 
     Args:
         net: Network from the (normalised) observation to ``(N, 2)`` logits: a ``(N, obs_dim)``
             float32 tensor in ``"flat"`` mode, else the dict of ``(N, *shape)`` tensors the env's
             Dict space holds. Saving needs a network :mod:`vitskip_env.deploy.netspec` can describe (MLPs).
-        encoder: The training env's observation encoder (``env.unwrapped.core.encoder``) or its ``config()``.
+        encoder: The training env's observation encoder (``env.unwrapped.skip_contract().encoder``) or its ``config()``.
         decision: How the action is read from the logits (see :data:`DECISIONS`).
         min_blocks: The env's ``min_blocks``: at least this many blocks per image.
         always_execute: The env's ``always_execute`` blocks (the policy is not consulted there).
+        rules: The env's rules as one :class:`~vitskip_env.rules.SkipRules` (instead of ``min_blocks``
+            and ``always_execute``); its depth must be the encoder's.
         obs_mean: VecNormalize running mean, packed in the encoder's order (``(obs_dim,)``); ``None`` = raw observations.
         obs_var: VecNormalize running variance, same layout.
         obs_norm_mask: ``bool (obs_dim,)``: which entries VecNormalize normalised (``None`` = all).
@@ -89,7 +94,8 @@ class SkipPolicy(nn.Module):
         *,
         decision: Decision = "categorical",
         min_blocks: int = 0,
-        always_execute: Sequence[int] = (),
+        always_execute: Iterable[int] = (),
+        rules: SkipRules | None = None,
         obs_mean: torch.Tensor | np.ndarray | None = None,
         obs_var: torch.Tensor | np.ndarray | None = None,
         obs_norm_mask: torch.Tensor | np.ndarray | None = None,
@@ -102,7 +108,14 @@ class SkipPolicy(nn.Module):
         enc = encoder if isinstance(encoder, ObservationEncoder) else ObservationEncoder(**encoder)
         self.encoder = enc
         self.decision: Decision = decision
-        self.min_blocks, self.always_execute = check_constraints(min_blocks, always_execute, enc.depth)
+        if rules is None:
+            rules = SkipRules(enc.depth, min_blocks, always_execute)
+        elif min_blocks != 0 or tuple(always_execute):
+            raise ValueError("give the skip rules as rules= or as min_blocks / always_execute, not both")
+        elif rules.depth != enc.depth:
+            raise ValueError(f"the rules are for {rules.depth} blocks but the encoder's observations for {enc.depth}")
+        #: The skip rules the decisions pass through (``DynamicViT`` applies them).
+        self.rules = rules
         self.net = flat_sequential(net) if describable(net) else net
         self.normalized = obs_mean is not None
         if (obs_var is None) != (obs_mean is None):
@@ -122,9 +135,33 @@ class SkipPolicy(nn.Module):
         self.net.eval()
 
     @classmethod
-    def from_core(cls, core: SkipCore, net: nn.Module, **kwargs: Any) -> SkipPolicy:
-        """A policy with the encoder and constraints of an env's ``SkipCore`` (``env.unwrapped.core``)."""
-        return cls(net, core.encoder, min_blocks=core.min_blocks, always_execute=sorted(core.always_execute), **kwargs)
+    def from_contract(
+        cls,
+        contract: SkipContract[ObservationEncoder] | tuple[ObservationEncoder, SkipRules] | Any,
+        net: nn.Module,
+        **kwargs: Any,
+    ) -> SkipPolicy:
+        """A policy with the observation encoder and skip rules of an env.
+
+        Args:
+            contract: ``env.unwrapped.skip_contract()`` (or an ``(encoder, rules)`` pair), or anything
+                with a ``skip_contract()`` method (a ViTSkip env, its ``SkipCore``).
+            net: The network (see the class docstring).
+            **kwargs: The other constructor arguments (``decision``, the VecNormalize statistics...).
+        """
+        accessor = getattr(contract, "skip_contract", None)
+        encoder, rules = accessor() if callable(accessor) else contract
+        return cls(net, encoder, rules=rules, **kwargs)
+
+    @property
+    def min_blocks(self) -> int:
+        """The rules' ``min_blocks``."""
+        return self.rules.min_blocks
+
+    @property
+    def always_execute(self) -> frozenset[int]:
+        """The rules' ``always_execute`` blocks."""
+        return self.rules.always_execute
 
     def train(self, mode: bool = True) -> SkipPolicy:
         """Set the mode of the module but keep the network in eval mode (decisions stay deterministic)."""
@@ -209,8 +246,7 @@ class SkipPolicy(nn.Module):
         return {
             "encoder": self.encoder.config(),
             "decision": self.decision,
-            "min_blocks": self.min_blocks,
-            "always_execute": sorted(self.always_execute),
+            **self.rules.config(),  # "min_blocks", "always_execute"
             "net": describe_net(self.net),
             "obs_norm": {"clip_obs": self.clip_obs, "epsilon": self.epsilon, "masked": self.has_norm_mask}
             if self.normalized
@@ -243,14 +279,9 @@ class SkipPolicy(nn.Module):
                 stats["obs_norm_mask"] = state.get("obs_norm_mask")
             if stats["obs_mean"] is None or stats["obs_var"] is None:
                 raise ValueError("the config says the observations are normalised but obs_mean / obs_var are missing")
-        policy = cls(
-            build_net(spec),
-            ObservationEncoder(**config["encoder"]),
-            decision=config["decision"],
-            min_blocks=config["min_blocks"],
-            always_execute=config["always_execute"],
-            **stats,
-        )
+        encoder = ObservationEncoder(**config["encoder"])
+        rules = SkipRules.from_config(config, encoder.depth)
+        policy = cls(build_net(spec), encoder, decision=config["decision"], rules=rules, **stats)
         try:
             policy.load_state_dict(dict(state), strict=True)
         except RuntimeError as exc:

@@ -4,92 +4,30 @@ It holds N episodes in flight on the device: image indices, labels, token state 
 block pointer, the executed mask and the cost spent. Every episode is exactly ``depth`` steps, so
 the batch stays aligned: the block pointer is one integer, and all N episodes end on the same step.
 
-A step: apply the constraints (``always_execute``, ``min_blocks``) to the actions -> run block
-``i`` on the executing rows only (gather / scatter through ``SkippableViT.run_block``; a block no
-row executes is not called) -> reward components -> after the last block, the head and the
-terminal components -> observation of the next block. Everything stays on the device;
-:meth:`SkipCore.to_host` moves one step's results to numpy in a single transfer.
+A step: apply the skip rules (:class:`~vitskip_env.rules.SkipRules`: ``always_execute``,
+``min_blocks``) to the actions -> run block ``i`` on the executing rows only (gather / scatter
+through ``SkippableViT.run_block``; a block no row executes is not called) -> reward components ->
+after the last block, the head and the terminal components -> observation of the next block.
+Everything stays on the device; :meth:`SkipCore.to_host` moves one step's results to numpy in a
+single transfer.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..data import ImageDataset
-from ..model import (
-    SkippableViT,
-    run_executing_rows,
-)
-from ..observations import ObservationEncoder
+from ..model import SkippableViT, run_executing_rows
+from ..observations import ObservationEncoder, executed_fraction
+from ..rules import SkipContract, SkipRules
 from .cotrain import Cotrainer
 from .rewards import RewardContext, RewardModel
 
-BLOCKS_HELP = "an iterable of block indices (ints), e.g. (0,) or [0, 3]"
-
-
-def block_indices(value: Any, name: str = "always_execute") -> tuple[int, ...]:
-    """``value`` as a tuple of block indices: any iterable of integers (list, tuple, range, int array).
-
-    A string, a single number or an iterable holding anything but integers is refused (``"01"``
-    would otherwise mean blocks ``{0, 1}``, and ``5`` would fail with an unrelated message).
-
-    Raises:
-        TypeError: ``value`` is not an iterable of integers (bools and floats are not integers here).
-    """
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        single = f"; for one block pass ({value!r},)" if isinstance(value, (int, np.integer)) else ""
-        raise TypeError(f"{name} must be {BLOCKS_HELP}, got {type(value).__name__} {value!r}{single}")
-    out = []
-    for item in value:
-        try:
-            if isinstance(item, (bool, np.bool_)):
-                raise TypeError
-            out.append(operator.index(item))
-        except TypeError:
-            raise TypeError(f"{name} must be {BLOCKS_HELP}; it holds {type(item).__name__} {item!r}") from None
-    return tuple(out)
-
-
-def check_constraints(min_blocks: int, always_execute: Iterable[int], depth: int) -> tuple[int, frozenset[int]]:
-    """Validated ``(min_blocks, always_execute)`` for a ``depth``-block backbone.
-
-    Raises:
-        ValueError: ``min_blocks`` outside ``[0, depth]`` or a block index outside ``[0, depth)``.
-        TypeError: ``always_execute`` is not an iterable of integers (see :func:`block_indices`).
-    """
-    if not isinstance(min_blocks, (int, np.integer)) or not 0 <= min_blocks <= depth:
-        raise ValueError(f"min_blocks must be an integer in [0, {depth}], got {min_blocks!r}")
-    given = block_indices(always_execute)
-    always = sorted(set(given))
-    if any(not 0 <= i < depth for i in always):
-        raise ValueError(f"always_execute must hold block indices in [0, {depth - 1}], got {list(given)}")
-    return int(min_blocks), frozenset(always)
-
-
-def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
-    """``float32 (N,)``: blocks executed so far / depth, from the ``bool (N, depth)`` executed mask."""
-    return executed.sum(1, dtype=torch.float32) / executed.shape[1]
-
-
-def skip_allowed(block: int, executed: torch.Tensor, min_blocks: int, always_execute: frozenset[int]) -> torch.Tensor:
-    """``bool (N,)``: may each episode skip ``block``, given what it executed so far (``bool (N, depth)``)?
-
-    ``always_execute`` blocks are never skipped; a skip is refused when the blocks left after
-    ``block`` could no longer reach ``min_blocks``.
-    """
-    n, depth = executed.shape
-    if block in always_execute:
-        return torch.zeros(n, dtype=torch.bool, device=executed.device)
-    if min_blocks == 0:
-        return torch.ones(n, dtype=torch.bool, device=executed.device)
-    remaining_after = depth - block - 1
-    return executed.sum(1) + remaining_after >= min_blocks
+__all__ = ["CoreStep", "SkipCore"]
 
 
 @dataclass
@@ -142,19 +80,18 @@ class SkipCore:
         costs: torch.Tensor,
         *,
         min_blocks: int = 0,
-        always_execute: Sequence[int] = (),
+        always_execute: Iterable[int] = (),
         cotrainer: Cotrainer | None = None,
     ) -> None:
         depth = backbone.depth
-        min_blocks, always = check_constraints(min_blocks, always_execute, depth)
+        #: The skip rules every action passes through (validated here, before any work).
+        self.rules = SkipRules(depth, min_blocks, always_execute)
         self.backbone = backbone
         self.dataset = dataset
         self.num_envs = num_envs
         self.encoder = encoder
         self.rewards = rewards
         self.costs = costs
-        self.min_blocks = min_blocks
-        self.always_execute = always
         self.cotrainer = cotrainer
         self.depth = depth
         self.device = dataset.device
@@ -189,10 +126,25 @@ class SkipCore:
         """Whether the episodes in flight have ended (or none was started)."""
         return self.tokens is None or self.block >= self.depth
 
+    # ------------------------------------------------------------------ rules
+    @property
+    def min_blocks(self) -> int:
+        """The rules' ``min_blocks``."""
+        return self.rules.min_blocks
+
+    @property
+    def always_execute(self) -> frozenset[int]:
+        """The rules' ``always_execute`` blocks."""
+        return self.rules.always_execute
+
+    def skip_contract(self) -> SkipContract[ObservationEncoder]:
+        """The observation encoder and the skip rules: what deployment must share with this engine."""
+        return SkipContract(self.encoder, self.rules)
+
     # ------------------------------------------------------------------ constraints
     def skip_allowed(self) -> torch.Tensor:
         """``bool (N,)``: may each episode skip the current block?"""
-        return skip_allowed(self.block, self.executed, self.min_blocks, self.always_execute)
+        return self.rules.skip_allowed(self.block, self.executed.sum(1))
 
     def action_masks(self) -> torch.Tensor:
         """``bool (N, 2)``: ``[:, 0]`` skip allowed, ``[:, 1]`` execute allowed (always)."""
@@ -215,9 +167,7 @@ class SkipCore:
 
     def _step(self, actions: torch.Tensor) -> CoreStep:
         i = self.block
-        skip_ok = self.skip_allowed()
-        overridden = (actions == 0) & ~skip_ok
-        actions = actions | overridden.long()
+        actions, overridden = self.rules.apply(i, self.executed.sum(1), actions)
         execute = actions.bool()
         self.tokens = run_executing_rows(self.backbone, i, self.tokens, execute, inplace=True)
         self.executed[:, i] = execute

@@ -1,4 +1,11 @@
-"""Numpy-side helpers shared by ``ViTSkipEnv`` and ``ViTSkipVectorEnv``: action checks and infos.
+"""What ``ViTSkipEnv`` and ``ViTSkipVectorEnv`` share on the numpy side of a step:
+
+- input checks: actions (:func:`check_action`, :func:`check_actions`), ``reset`` seeds
+  (:func:`check_seed`) and options (:func:`check_reset_options`), and that each step's rewards
+  are finite (:func:`check_rewards`);
+- step infos: :func:`single_step_info` for one env, :func:`batched_step_info` / :func:`batched`
+  for the vector env's dict-of-arrays;
+- :class:`CoreAccess`: the ``backbone`` and ``dataset`` properties of both env classes.
 
 Both env classes build their infos here from the same host arrays (``SkipCore.to_host``), so a
 single env's info and the native vector env's dict-of-arrays hold the same values and dtypes that

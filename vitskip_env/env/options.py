@@ -41,11 +41,12 @@ from ..data import ImageDataset, make_dataset
 from ..model import PRESETS, SkippableViT, find_backbone, load_backbone, user_backbone_path
 from ..model.costs import COST_MODELS, CostModel, block_costs
 from ..observations import OBS_MODES, ObsMode, encoder_for
+from ..rules import block_indices
 from ..runtime import resolve_device
 from .capacity import check_memory
-from .core import SkipCore, block_indices
+from .core import SkipCore
 from .cotrain import CotrainConfig, Cotrainer
-from .rewards import WEIGHT_NAMES, RewardFn, RewardModel, check_weight
+from .rewards import DEFAULT_WEIGHTS, WEIGHT_NAMES, RewardFn, RewardModel, check_weight
 from .sampling import SAMPLING_MODES, Sampling
 
 #: Preset used when ``backbone`` is ``None`` or ``"random"``.
@@ -72,7 +73,7 @@ class EnvOptions:
     obs_mode: ObsMode = "flat"
     accuracy_weight: float = 1.0
     confidence_weight: float = 0.0
-    compute_weight: float = 0.1
+    compute_weight: float = DEFAULT_WEIGHTS["compute"]
     reward_fn: RewardFn | None = None
     cost_model: CostModel = "flops"
     min_blocks: int = 0

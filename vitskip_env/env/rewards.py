@@ -14,6 +14,9 @@ component      value                                                        weig
 The step reward is ``sum(weight * component)``. A custom ``reward_fn(ctx) -> {name: (N,) tensor}``
 replaces the built-in components (call :func:`default_components` inside it to extend them); its
 components named like the built-ins get the built-in weights, any other name has weight 1.
+
+:meth:`RewardModel.episode` replays whole episodes from how they ended (the executed blocks and the
+logits): the same formula for whoever scores episodes outside the env (NSGA-II's joint fitness).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ WEIGHT_NAMES: dict[str, str] = {"accuracy_weight": "correct", "confidence_weight
 KWARG_OF: dict[str, str] = {component: kwarg for kwarg, component in WEIGHT_NAMES.items()}
 #: Defaults: executing every block costs 0.5 in total against 1 for a correct answer, so a block is
 #: worth executing when it raises the chance of being right by more than half its cost share.
-DEFAULT_WEIGHTS: dict[str, float] = {"correct": 1.0, "confidence": 0.0, "compute": 0.5}
+DEFAULT_WEIGHTS: dict[str, float] = {"correct": 1.0, "confidence": 0.0, "compute": 0.1}
 #: Lower bound of the ``confidence`` component (keeps rewards finite for confidently wrong models).
 CONFIDENCE_FLOOR = -10.0
 
@@ -113,20 +116,62 @@ class RewardModel:
         self.reward_fn = reward_fn or default_components
         self.names: tuple[str, ...] | None = None
 
-    def __call__(self, ctx: RewardContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(reward (N,), {name: weighted component (N,)})``; the weighted components sum to the reward."""
-        comps = self.reward_fn(ctx)
+    def components(self, ctx: RewardContext) -> dict[str, torch.Tensor]:
+        """The unweighted components of one step, checked: the same names every step, each a ``(N,)`` tensor.
+
+        Raises:
+            ValueError: Other names than on earlier steps, or a component that is not an ``(N,)`` tensor.
+        """
+        comps = dict(self.reward_fn(ctx))
         n = ctx.actions.shape[0]
         names = tuple(comps)
         if self.names is None:
             self.names = names
         elif names != self.names:
             raise ValueError(f"reward_fn must return the same components each step: {list(names)} != {list(self.names)}")
-        weighted: dict[str, torch.Tensor] = {}
         for name, value in comps.items():
             if not isinstance(value, torch.Tensor) or value.shape != (n,):
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"reward component {name!r} must be a tensor of shape ({n},), got {got}")
-            weighted[name] = self.weights.get(name, 1.0) * value.float() + 0.0  # + 0.0: no -0.0 from zero weights
+        return comps
+
+    def __call__(self, ctx: RewardContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(reward (N,), {name: weighted component (N,)})``; the weighted components sum to the reward."""
+        comps = self.components(ctx)
+        # + 0.0: no -0.0 from zero weights
+        weighted = {name: self.weights.get(name, 1.0) * value.float() + 0.0 for name, value in comps.items()}
+        n = ctx.actions.shape[0]
         total = torch.stack(list(weighted.values())).sum(0) if weighted else torch.zeros(n, device=ctx.actions.device)
+        return total, weighted
+
+    def episode(
+        self, executed: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, costs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The return of whole episodes, replayed from how they ended: ``(float64 (N,), {name: float64 (N,)})``.
+
+        Calls the component function once per block with the contexts the env's steps give it (the
+        action is the block's column of ``executed``, ``executed`` holds the blocks up to this one,
+        ``logits`` come on the last step), sums each component over the steps and weights the sums, in
+        float64: the sum of the env's step rewards, without its float32 rounding.
+
+        Args:
+            executed: ``bool (N, depth)`` blocks each episode executed.
+            logits: ``(N, num_classes)`` head output at the end of the episodes.
+            labels: ``int64 (N,)`` true classes.
+            costs: ``(depth,)`` cost share of each block (used as ``float32``, as the env does).
+        """
+        n, depth = executed.shape
+        costs = costs.to(device=executed.device, dtype=torch.float32)
+        so_far = torch.zeros_like(executed)
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(depth):
+            so_far[:, i] = executed[:, i]
+            last = i == depth - 1
+            ctx = RewardContext(i, depth, executed[:, i].long(), costs, so_far, last, logits if last else None, labels)
+            for name, value in self.components(ctx).items():
+                sums[name] = sums[name] + value.double() if name in sums else value.double()
+        weighted = {name: self.weights.get(name, 1.0) * value + 0.0 for name, value in sums.items()}
+        total = torch.zeros(n, dtype=torch.float64, device=executed.device)
+        for i, value in enumerate(weighted.values()):
+            total = value if i == 0 else total + value
         return total, weighted

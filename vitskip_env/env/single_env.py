@@ -13,8 +13,9 @@ from gymnasium import spaces
 from torch import nn
 
 from ..model.costs import CostModel
-from ..observations import ObsMode
-from .core import SkipCore, block_indices
+from ..observations import ObservationEncoder, ObsMode
+from ..rules import SkipContract, block_indices
+from .core import SkipCore
 from .cotrain import CotrainConfig
 from .infos import CoreAccess, check_action, check_reset_options, check_rewards, check_seed, single_step_info
 from .options import EnvOptions, build_core, check_kwargs
@@ -228,6 +229,13 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     def action_masks(self) -> np.ndarray:
         """``bool (2,)``: ``[skip allowed, execute allowed]`` for the next block (MaskablePPO's hook)."""
         return self.core.action_masks()[0].cpu().numpy()
+
+    def skip_contract(self) -> SkipContract[ObservationEncoder]:
+        """The observation encoder and the skip rules of this env: what a deployed policy must share.
+
+        ``encoder, rules = env.unwrapped.skip_contract()``; ``agents.export_policy`` reads them here.
+        """
+        return self.core.skip_contract()
 
     def render(self) -> np.ndarray | None:
         """The image beside a strip of the blocks (``render_mode="rgb_array"``)."""

@@ -10,7 +10,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .core import SkipCore, block_indices
+from ..observations import ObservationEncoder
+from ..rules import SkipContract, block_indices
+from .core import SkipCore
 from .infos import CoreAccess, batched, batched_step_info, check_actions, check_reset_options, check_rewards, check_seed
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
@@ -193,6 +195,13 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     def action_masks(self) -> np.ndarray:
         """``bool (num_envs, 2)``: per sub-environment ``[skip allowed, execute allowed]`` (MaskablePPO)."""
         return self.core.action_masks().cpu().numpy()
+
+    def skip_contract(self) -> SkipContract[ObservationEncoder]:
+        """The observation encoder and the skip rules of this env: what a deployed policy must share.
+
+        ``encoder, rules = env.unwrapped.skip_contract()``; ``agents.export_policy`` reads them here.
+        """
+        return self.core.skip_contract()
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         """One frame per sub-environment (``render_mode="rgb_array"``)."""

@@ -1,4 +1,4 @@
-"""Static ViT vs ``DynamicViT``: the accuracy, speed and memory measurements behind ``train/benchmark.py``.
+"""The benchmark's contenders, static ViT vs ``DynamicViT``: accuracy, speed and memory behind ``train/benchmark.py``.
 
 Four contenders run the same backbone on the same real test images:
 
@@ -11,7 +11,7 @@ Four contenders run the same backbone on the same real test images:
 - ``static_subset``: one fixed subset of blocks for every image (e.g. the best subset of that depth
   from the NSGA-II layer search), run as a shorter ViT.
 
-Speed (:func:`measure_speed`) follows ``ARCHITECTURE.md``'s rules: warm-up, then rounds in which
+Speed (:func:`measure_speed`) follows the measurement rules of ``docs/architecture.md``: warm-up, then rounds in which
 the contenders run interleaved call by call (:func:`vitskip_env.measure.speed.compare_speed`), medians of
 images/s and of per-round speed-ups. Two ideals are reported beside the achieved speed-up:
 
@@ -38,7 +38,9 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset
+from ..data.augment import random_block_mask
 from ..deploy import DynamicViT
+from .accuracy import score
 from .speed import compare_speed
 
 #: The contenders, in table order.
@@ -46,16 +48,17 @@ CONTENDERS: tuple[str, ...] = ("static", "dynamic", "random", "static_subset")
 
 
 def random_masks_like(executed: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """``bool (N, depth)``: for each row, as many executed blocks as ``executed`` has, at uniformly random blocks."""
+    """``bool (N, depth)``: for each row, as many executed blocks as ``executed`` has, at uniformly random blocks.
+
+    Drawn on the CPU from a generator seeded ``seed`` (:func:`vitskip_env.data.augment.random_block_mask`),
+    so the masks are the same on every device.
+    """
     n, depth = executed.shape
     g = torch.Generator().manual_seed(seed)
-    order = torch.rand(n, depth, generator=g).argsort(1).to(executed.device)
-    counts = executed.sum(1, keepdim=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(depth, device=executed.device).expand(n, -1))
-    return ranks < counts
+    counts = executed.sum(1, keepdim=True).cpu()
+    return random_block_mask(n, depth, counts, "cpu", g).to(executed.device)
 
 
-@torch.inference_mode()
 def accuracy_table(
     dyn: DynamicViT,
     ds: ImageDataset,
@@ -67,6 +70,10 @@ def accuracy_table(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, dict[str, float]]:
     """Top-1 (percent) and mean executed blocks of every contender on the first ``limit`` images of ``ds``.
+
+    Each contender is scored by :func:`vitskip_env.measure.accuracy.score` on the same batches. The
+    random contender's masks are drawn per batch, from the dynamic model's masks of that batch
+    (seed ``seed + start``, ``start`` the batch's first image).
 
     Args:
         dyn: The dynamic model (its backbone is the static contender).
@@ -81,23 +88,16 @@ def accuracy_table(
         ``{contender: {"top1", "executed_blocks"}}``.
     """
     vit = dyn.backbone
-    n = len(ds) if limit is None else min(limit, len(ds))
-    correct = dict.fromkeys(CONTENDERS, 0)
-    blocks = dict.fromkeys(CONTENDERS, 0.0)
-    for start in range(0, n, batch_size):
-        x = ds.normalize(ds.images[start : min(n, start + batch_size)], dtype)
-        y = ds.labels[start : start + x.shape[0]]
-        logits, mask = dyn(x, return_mask=True)
-        outs = {"static": (vit(x), vit.depth * x.shape[0]), "dynamic": (logits, int(mask.sum()))}
-        rnd = random_masks_like(mask, seed + start)
-        outs["random"] = (vit(x, execute_mask=rnd), int(rnd.sum()))
-        if subset is not None:
-            outs["static_subset"] = (vit(x, execute_mask=subset.expand(x.shape[0], -1)), int(subset.sum()) * x.shape[0])
-        for name, (lg, executed) in outs.items():
-            correct[name] += int((lg.argmax(1) == y).sum())
-            blocks[name] += executed
-    names = [c for c in CONTENDERS if subset is not None or c != "static_subset"]
-    return {c: {"top1": 100.0 * correct[c] / n, "executed_blocks": blocks[c] / n} for c in names}
+    kw = {"n_images": limit, "batch_size": batch_size, "dtype": dtype}
+    dynamic = score(dyn, ds, per_image=True, **kw)
+    executed = dynamic.executed
+    assert executed is not None
+    starts = range(0, dynamic.n_images, batch_size)
+    rnd = torch.cat([random_masks_like(executed[s : s + batch_size], seed + s) for s in starts])
+    scores = {"static": score(vit, ds, **kw), "dynamic": dynamic, "random": score(vit, ds, masks=rnd, **kw)}
+    if subset is not None:
+        scores["static_subset"] = score(vit, ds, masks=subset, **kw)
+    return {c: {"top1": scores[c].top1, "executed_blocks": scores[c].executed_blocks} for c in CONTENDERS if c in scores}
 
 
 @torch.inference_mode()

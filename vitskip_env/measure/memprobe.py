@@ -1,4 +1,4 @@
-"""Peak working memory of one contender's forward, measured alone in this process (run by ``benchmarking``).
+"""Peak working memory of one contender's forward, measured alone in this process (run by ``contenders``).
 
     python -m vitskip_env.measure.memprobe MODEL_FILE {static,dynamic,random,static_subset} BATCH --dataset shapes
 

@@ -1,6 +1,6 @@
 """Side-by-side wall-clock speed of models on real images (static vs dynamic, in one process).
 
-Rules (ARCHITECTURE.md, "Honest measurement"): every model sees the same real image batches
+Rules (docs/architecture.md, "Principles": honest measurement): every model sees the same real image batches
 (decisions depend on content), warm-up first, then rounds in which the models run interleaved
 call by call (the order rotates every round), so host drift hits them alike; speeds are medians
 over rounds and ratios are medians of per-round ratios.

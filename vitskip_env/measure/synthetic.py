@@ -109,7 +109,7 @@ def synthetic_dynamic_vit(
     # re-checks exactly on every image (blocks before any image executed see the same tokens for all).
     # No trained policy sits on one, so step a little away from it, keeping the fraction.
     best = min(tried, key=lambda k: abs(tried[k][0] - execute_fraction))
-    step = 20 * dyn.fused.tol if dyn.fused is not None else 1e-3
+    step = 20 * dyn.folded.tol if dyn.folded is not None else 1e-3
     for k in range(1, 9):
         fraction(best + k * step)
         fraction(best - k * step)

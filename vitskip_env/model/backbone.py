@@ -51,7 +51,7 @@ def run_executing_rows(
 ) -> torch.Tensor:
     """Run ``block`` on the rows where ``execute`` (``bool (N,)``) holds; the others pass unchanged.
 
-    Real skipping (ARCHITECTURE principle 1): the executing rows are gathered, the block runs on
+    Real skipping (docs/architecture.md, "Principles"): the executing rows are gathered, the block runs on
     them only and the result is scattered back; with no executing row the block is not called.
     The ``nonzero`` is the step's one host synchronisation on a GPU (the gather size is data-dependent).
     """
@@ -365,7 +365,5 @@ def _infer_kwargs(vit: nn.Module) -> dict[str, Any]:
     }
 
 
-# Loading lives in backbone_io (it needs SkippableViT); both names stay importable from here.
-from .loading import backbone_from_config, load_backbone  # noqa: E402
-
-__all__ = ["FORMAT", "FORMAT_VERSION", "SkippableViT", "backbone_from_config", "load_backbone", "rows_per_block"]
+# Loading (``load_backbone``, ``backbone_from_config``) lives in ``loading``, which imports this module.
+__all__ = ["FORMAT", "FORMAT_VERSION", "SkippableViT", "rows_per_block", "run_executing_rows"]

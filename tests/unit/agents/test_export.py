@@ -14,7 +14,7 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from torch import nn
 
-from agents.export import export_policy
+from agents.export import export_policy, skip_contract
 from agents.extractors import policy_kwargs_for
 from vitskip_env import DynamicViT, SkipPolicy, ViTSkipVectorEnv
 
@@ -238,3 +238,31 @@ def test_default_agent_on_the_sb3_adapter(micro_kwargs: dict, tmp_path: Path) ->
     assert np.array_equal(exported.predict(obs)[0], want) and 0 < want.sum() < len(want)
     loaded = DynamicViT.load(DynamicViT(env.venv.backbone, exported).save(tmp_path / "dyn.safetensors"))
     assert np.array_equal(loaded.policy.predict(obs)[0], want)
+
+
+def test_the_encoder_and_rules_come_from_the_public_accessor(micro_kwargs: dict) -> None:
+    """export reads ``skip_contract()`` (directly, through ``unwrapped`` or SB3's ``env_method``) and nothing else."""
+    agents = pytest.importorskip("agents")
+    kwargs = {**micro_kwargs, "min_blocks": 2, "always_execute": (1,)}
+    venv = ViTSkipVectorEnv(2, **kwargs)
+    expected = venv.skip_contract()
+    sources = {
+        "vector env": venv,
+        "wrapped env": gym.make("ViTSkip-Shapes-v0", **kwargs),
+        "DummyVecEnv": single_env(kwargs),
+        "VecNormalize(SB3VecEnv)": VecNormalize(agents.SB3VecEnv(num_envs=2, **kwargs)),
+    }
+    for name, env in sources.items():
+        encoder, rules = skip_contract(env)
+        assert rules == expected.rules and encoder.config() == expected.encoder.config(), name
+
+    class OnlyTheAccessor:  # no core, no backbone: the accessor is all export needs
+        def skip_contract(self) -> tuple:
+            return expected
+
+    agent = ProtocolAgent(expected.encoder.obs_dim, "categorical")
+    exported = export_policy(agent, OnlyTheAccessor())
+    assert exported.rules is expected.rules and exported.encoder is expected.encoder
+    assert skip_contract(DummyVecEnv([lambda: gym.make("CartPole-v1")])) is None
+    with pytest.raises(ValueError, match="env="):
+        export_policy(agent, DummyVecEnv([lambda: gym.make("CartPole-v1")]))

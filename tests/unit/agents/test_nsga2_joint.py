@@ -13,6 +13,7 @@ from torch import nn
 from agents.nsga2 import JointSubsetProblem, SubsetDynamicViT, evaluate_joint, reward_weights, search_joint
 from agents.nsga2.cache import PrefixCache
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy, make_dataset
+from vitskip_env.env.rewards import RewardContext, default_components
 from vitskip_env.model import flops_costs
 from vitskip_env.observations import encoder_for
 
@@ -70,6 +71,24 @@ def test_vectorised_joint_scores_equal_each_subset_alone(setup) -> None:
         assert got["executed_blocks"][j] <= kept.sum()  # removed blocks never run
     executed = got["executed_blocks"].numpy()
     assert 1 < executed[-1] < 4  # the agent really skips, differently per image
+
+
+def test_a_custom_reward_fn_is_the_fitness(setup) -> None:
+    """The joint fitness is the env's reward model: a custom ``reward_fn`` (here: +1 per executed block) counts."""
+
+    def per_block(ctx: RewardContext) -> dict[str, torch.Tensor]:
+        return {**default_components(ctx), "blocks": ctx.actions.float()}
+
+    dyn, ds = setup
+    w = {"correct": 1.0, "compute": 0.3, "confidence": 0.0}
+    base = evaluate_joint(dyn, ALL4, ds.images[:80], ds.labels[:80], dataset=ds, weights=w, batch_size=32)
+    got = evaluate_joint(dyn, ALL4, ds.images[:80], ds.labels[:80], dataset=ds, weights=w, reward_fn=per_block, batch_size=32)
+    assert torch.allclose(got["reward"], base["reward"] + got["executed_blocks"].double(), atol=1e-9)
+    assert torch.equal(got["top1"], base["top1"]) and torch.equal(got["executed_blocks"], base["executed_blocks"])
+    problems = [JointSubsetProblem(dyn, ds.images[:80], ds.labels[:80], dataset=ds, weights=w, reward_fn=fn, batch_size=32)
+                for fn in (None, per_block)]  # fmt: skip
+    fitness = [p.evaluate(ALL4.astype(float), return_values_of=["F"])[:, 0] for p in problems]
+    assert np.allclose(fitness[1], fitness[0] - got["executed_blocks"].numpy())
 
 
 def test_joint_scores_with_a_prefix_cache_equal_scores_without(setup) -> None:

@@ -15,6 +15,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from agents import SB3VecEnv
 from agents.reinforce import Reinforce, discounted_returns
 from vitskip_env import ViTSkipVectorEnv
+from vitskip_env.env import EnvOptions
 
 ID = "ViTSkip-Shapes-v0"
 N, DEPTH = 4, 4
@@ -81,7 +82,7 @@ def test_rollouts_hold_whole_episodes_in_both_autoreset_modes(micro_kwargs: dict
     assert returns.shape == (2 * DEPTH * N,) and episode_returns.shape == (2 * N,)
     t, returns, actions = t.view(-1, N), returns.view(-1, N), actions.view(-1, N).float()
     assert t[:, 0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    cost = 0.5 * 0.25  # default compute_weight x the micro backbone's equal block shares
+    cost = EnvOptions().compute_weight * 0.25  # default compute_weight x the micro backbone's equal block shares
     for first in (0, DEPTH):
         steps = slice(first, first + DEPTH - 1)
         torch.testing.assert_close(returns[steps] - returns[first + 1 : first + DEPTH], -cost * actions[steps])

@@ -16,6 +16,7 @@ from torch import nn
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy, ViTSkipVectorEnv, load_backbone
 from vitskip_env.deploy import deterministic_action
 from vitskip_env.observations import ObservationEncoder, encoder_for
+from vitskip_env.rules import SkipRules
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -112,7 +113,7 @@ def test_dynamic_vit_reproduces_the_env_episode(micro_kwargs: dict, env_kwargs: 
         from vitskip_env.deploy.netspec import ConcatKeys
 
         net = nn.Sequential(ConcatKeys(["token", "block", "executed_frac"]), net)
-    policy = SkipPolicy.from_core(venv.core, net)
+    policy = SkipPolicy.from_contract(venv.unwrapped.skip_contract(), net)
     obs, _ = venv.reset(seed=0)
     for _ in range(venv.backbone.depth):
         actions, _ = policy.predict(obs)
@@ -195,6 +196,48 @@ def test_save_load_roundtrip_with_normalisation(micro: tuple, tmp_path: Path) ->
     with safe_open(str(path), framework="pt") as fh:
         keys = list(fh.keys())
     assert all(k.startswith(("backbone.vit.", "policy.")) for k in keys) and "policy.obs_mean" in keys
+
+
+def test_rules_are_stored_under_the_same_keys_and_files_resave_bit_identically(micro: tuple, tmp_path: Path) -> None:
+    """The rules' file entries did not change (``policy.min_blocks``, ``policy.always_execute`` sorted)."""
+    vit, _ = micro
+    policy = random_policy(encoder_for(vit), seed=6, min_blocks=2, always_execute=(3, 0))
+    path = DynamicViT(vit, policy).save(tmp_path / "dyn.safetensors")
+    config = json.loads((tmp_path / "dyn.json").read_text())["policy"]
+    assert (config["min_blocks"], config["always_execute"]) == (2, [0, 3])
+    assert set(config) == {"encoder", "decision", "min_blocks", "always_execute", "net", "obs_norm"}
+    loaded = DynamicViT.load(path)
+    assert loaded.policy.rules == policy.rules == SkipRules(vit.depth, 2, (0, 3))
+    again = loaded.save(tmp_path / "again.safetensors")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_policy_rules_come_as_one_object_or_as_the_two_arguments(micro: tuple, micro_kwargs: dict) -> None:
+    vit, _ = micro
+    enc = encoder_for(vit)
+    rules = SkipRules(vit.depth, 2, (1,))
+    policy = random_policy(enc, rules=rules)
+    assert policy.rules is rules and (policy.min_blocks, policy.always_execute) == (2, frozenset({1}))
+    assert random_policy(enc, min_blocks=2, always_execute=[1]).rules == rules
+    with pytest.raises(ValueError, match="not both"):
+        random_policy(enc, rules=rules, min_blocks=1)
+    with pytest.raises(ValueError, match="the rules are for 3 blocks"):
+        random_policy(enc, rules=SkipRules(3))
+    venv = ViTSkipVectorEnv(1, **{**micro_kwargs, "min_blocks": 2, "always_execute": (1,)})
+    net = random_policy(enc).net
+    for source in (venv, venv.skip_contract(), tuple(venv.skip_contract())):  # an env, its contract, a pair
+        assert SkipPolicy.from_contract(source, net).rules == rules
+
+
+def test_decide_applies_both_rules(micro: tuple) -> None:
+    """``decide`` returns the decisions after the rules, on an always-executed block too."""
+    vit, x = micro
+    dyn = DynamicViT(vit, block_policy(encoder_for(vit), execute_elsewhere=False, always_execute=(1,)))
+    executed = torch.zeros(x.shape[0], vit.depth, dtype=torch.bool)
+    with torch.inference_mode():
+        tokens = vit.embed(x)
+        assert not dyn.decide(0, tokens, executed).any()  # the policy skips everywhere
+        assert dyn.decide(1, tokens, executed).all()  # always_execute overrides it
 
 
 def test_load_errors_are_clear(micro: tuple, tmp_path: Path) -> None:

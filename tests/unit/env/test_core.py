@@ -1,12 +1,14 @@
-"""SkipCore inside the envs: real skipping, constraints and action masks, host transfer."""
+"""SkipCore inside the envs: real skipping, the skip rules and action masks, host transfer, the skip contract."""
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from vitskip_env import SkipCore, ViTSkipEnv, ViTSkipVectorEnv
+from vitskip_env.rules import SkipContract, SkipRules
 
 
 def count_block_calls(vit: torch.nn.Module) -> dict[int, list[int]]:
@@ -83,3 +85,28 @@ def test_to_host_types_and_one_transfer(micro_kwargs: dict) -> None:
     assert np.array_equal(host["final/image_index"], core.image_index.numpy())
     with pytest.raises(RuntimeError, match="start new ones"):
         core.step(torch.ones(2, dtype=torch.long))
+
+
+def test_skip_contract_is_the_public_accessor_of_every_env(micro_kwargs: dict) -> None:
+    """``env.unwrapped.skip_contract()``: the encoder and the one rules object the core steps with."""
+    kwargs = {**micro_kwargs, "min_blocks": 2, "always_execute": (0,)}
+    wrapped = gym.make("ViTSkip-Shapes-v0", **kwargs)
+    encoder, rules = wrapped.unwrapped.skip_contract()
+    core = wrapped.unwrapped.core
+    assert encoder is core.encoder and rules is core.rules
+    assert rules == SkipRules(4, min_blocks=2, always_execute=(0,))
+    assert (core.min_blocks, core.always_execute) == (2, frozenset({0}))
+    venv = gym.make_vec("ViTSkip-Shapes-v0", num_envs=2, vectorization_mode="vector_entry_point", **kwargs)
+    contract = gym.wrappers.vector.RecordEpisodeStatistics(venv).unwrapped.skip_contract()
+    assert isinstance(contract, SkipContract) and contract.rules == rules and contract.encoder.config() == encoder.config()
+
+
+def test_the_core_steps_with_its_rules_object(micro_kwargs: dict) -> None:
+    """Replacing the rules object changes what the core overrides (there is no second copy of the rules)."""
+    venv = ViTSkipVectorEnv(2, **micro_kwargs)
+    venv.core.rules = SkipRules(4, always_execute=(1,))
+    venv.reset(seed=0)
+    venv.step(np.zeros(2, dtype=np.int64))
+    assert venv.action_masks().tolist() == [[False, True], [False, True]]
+    _, _, _, _, infos = venv.step(np.zeros(2, dtype=np.int64))
+    assert infos["action_overridden"].tolist() == [True, True]

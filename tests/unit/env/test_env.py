@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,7 +11,6 @@ import torch
 
 import vitskip_env
 from vitskip_env import SkippableViT, ViTSkipEnv
-from vitskip_env.env import option_defaults, option_names
 from vitskip_env.env.render import EXECUTED, NEXT, SKIPPED
 
 
@@ -153,13 +151,6 @@ def test_unknown_and_misspelt_kwargs_are_rejected_with_a_suggestion(micro_kwargs
 def test_bad_option_values(micro_kwargs: dict, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ViTSkipEnv(**{**micro_kwargs, **kwargs})
-
-
-def test_env_signature_matches_the_options_dataclass() -> None:
-    params = inspect.signature(ViTSkipEnv.__init__).parameters
-    named = {k: p.default for k, p in params.items() if k not in ("self", "unknown")}
-    assert list(named) == option_names()
-    assert named == option_defaults()
 
 
 def test_missing_trained_backbone_says_how_to_train_it(micro_kwargs: dict) -> None:

@@ -8,7 +8,7 @@ import torch
 
 import vitskip_env.env.capacity as capacity
 from vitskip_env import ViTSkipEnv, ViTSkipVectorEnv
-from vitskip_env.env.core import block_indices
+from vitskip_env.rules import block_indices
 
 
 @pytest.mark.parametrize("weight", [np.float32(1), np.float64(0.25), np.int64(2), 1, 0.5])

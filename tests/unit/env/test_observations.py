@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 from vitskip_env import SkippableViT, ViTSkipEnv, ViTSkipVectorEnv
-from vitskip_env.observations import ObservationEncoder, encoder_for
+from vitskip_env.observations import ObservationEncoder, encoder_for, executed_fraction
 
 
 def test_flat_encoding_layout_and_bound() -> None:
@@ -72,3 +72,14 @@ def test_returned_arrays_are_fresh(micro_kwargs: dict) -> None:
     assert not np.shares_memory(obs1, obs2) and not np.shares_memory(r1, r2) and not np.shares_memory(obs1, r1)
     comps1, comps2 = info1["reward_components"]["compute"], info2["reward_components"]["compute"]
     assert not np.shares_memory(comps1, comps2)
+
+
+def test_executed_fraction_is_the_observed_share_of_executed_blocks(micro_kwargs: dict) -> None:
+    executed = torch.tensor([[True, False, True, False], [False] * 4, [True] * 4])
+    frac = executed_fraction(executed)
+    assert frac.dtype == torch.float32 and frac.tolist() == [0.5, 0.0, 1.0]
+    venv = ViTSkipVectorEnv(2, **micro_kwargs)
+    venv.reset(seed=0)
+    venv.step(np.array([1, 0]))
+    obs, *_ = venv.step(np.array([1, 0]))
+    assert obs[:, -1].tolist() == executed_fraction(venv.core.executed).tolist() == [0.5, 0.0]

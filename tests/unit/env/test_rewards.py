@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vitskip_env import ViTSkipEnv, ViTSkipVectorEnv
-from vitskip_env.env.rewards import CONFIDENCE_FLOOR, RewardContext, default_components
+from vitskip_env.env.options import EnvOptions
+from vitskip_env.env.rewards import CONFIDENCE_FLOOR, RewardContext, RewardModel, default_components
 from vitskip_env.model import block_costs, flops_costs
 
 
@@ -26,7 +27,8 @@ def play(env: ViTSkipEnv, actions: list[int], seed: int = 0) -> tuple[list[float
 @pytest.mark.parametrize("weights", [{}, {"accuracy_weight": 2.0, "confidence_weight": 0.3, "compute_weight": 0.1}])
 def test_components_sum_to_reward_and_follow_their_definition(micro_kwargs: dict, weights: dict) -> None:
     env = ViTSkipEnv(**micro_kwargs, **weights)
-    w = {"accuracy_weight": 1.0, "confidence_weight": 0.0, "compute_weight": 0.5, **weights}
+    defaults = EnvOptions()
+    w = {k: getattr(defaults, k) for k in ("accuracy_weight", "confidence_weight", "compute_weight")} | weights
     for seed, actions in enumerate([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]]):
         rewards, infos = play(env, actions, seed)
         for r, info in zip(rewards, infos, strict=True):
@@ -102,3 +104,34 @@ def test_cost_models(micro_kwargs: dict) -> None:
     env = ViTSkipEnv(**micro_kwargs, cost_model="latency")
     _, infos = play(env, [1, 1, 0, 0])
     assert infos[-1]["compute_ratio"] == pytest.approx(float(env.core.costs[:2].sum()), abs=1e-6)
+
+
+def test_episode_replay_is_the_sum_of_the_env_step_rewards(micro_kwargs: dict) -> None:
+    """``RewardModel.episode`` (NSGA-II's joint fitness) gives the env's returns, custom components included."""
+
+    def depth_bonus(ctx: RewardContext) -> dict[str, torch.Tensor]:
+        comps = default_components(ctx)
+        comps["late"] = ctx.actions.float() * (ctx.block / ctx.depth)
+        comps["end"] = torch.full_like(comps["late"], float(ctx.block) if ctx.terminal else 0.0)
+        return comps
+
+    weights = {"accuracy_weight": 2.0, "confidence_weight": 0.3, "compute_weight": 0.1}
+    venv = ViTSkipVectorEnv(3, **micro_kwargs, reward_fn=depth_bonus, **weights)
+    venv.reset(seed=0)
+    returns = np.zeros(3)
+    for actions in ([1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0]):
+        _, rewards, _, _, infos = venv.step(np.array(actions))
+        returns += rewards
+    executed = torch.as_tensor(np.asarray(infos["executed_mask"]))
+    labels = torch.as_tensor(np.asarray(infos["label"]))
+    ds = venv.dataset
+    with torch.no_grad():
+        x = ds.normalize(ds.images[torch.as_tensor(np.asarray(infos["image_index"]))])
+        logits = venv.backbone(x, execute_mask=executed)
+    model = RewardModel({"correct": 2.0, "confidence": 0.3, "compute": 0.1}, depth_bonus)
+    total, parts = model.episode(executed, logits, labels, block_costs(venv.backbone))
+    assert total.dtype == torch.float64 and set(parts) == {"correct", "confidence", "compute", "late", "end"}
+    np.testing.assert_allclose(total.numpy(), returns, atol=1e-5)
+    np.testing.assert_allclose(sum(parts.values()).numpy(), total.numpy())
+    late = (executed.double() * torch.arange(4, dtype=torch.float64) / 4).sum(1)
+    assert torch.allclose(parts["late"], late) and (parts["end"] == 3.0).all()

@@ -42,6 +42,10 @@ def test_random_masks_keep_each_rows_depth_and_spread_over_blocks() -> None:
     assert torch.equal(rnd, random_masks_like(executed, seed=1)) and not torch.equal(rnd, random_masks_like(executed, seed=2))
     rates = rnd.float().mean(0)  # uniform over blocks, unlike the input's 0.05 ... 0.95
     assert torch.allclose(rates, rates.mean().expand(6), atol=0.03)
+    # The benchmark's random contender for a seed must never change.
+    rows = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    pinned = [[1, 0, 0, 1, 0, 0], [1, 1, 1, 0, 1, 1], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    assert random_masks_like(rows, seed=3).int().tolist() == pinned
 
 
 def test_accuracy_table_scores_every_contender_like_the_plain_scorers(test_split) -> None:

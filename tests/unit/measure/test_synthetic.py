@@ -24,13 +24,13 @@ def test_synthetic_model_executes_the_asked_fraction_with_per_image_decisions() 
     dyn = synthetic_dynamic_vit("micro", x, execute_fraction=0.5, num_classes=10)
     with torch.inference_mode():
         logits, mask = dyn(x, return_mask=True)
-        fused, dyn.fused = dyn.fused, None
+        folded, dyn.folded = dyn.folded, None
         _, exact = dyn(x, return_mask=True)
     assert logits.shape == (64, 10) and torch.equal(mask, exact)
     assert abs(mask.float().mean().item() - 0.5) <= 0.15
     per_block = mask.float().mean(0)
     assert ((per_block > 0) & (per_block < 1)).any()  # some block runs on a real sub-batch
-    assert fused is not None  # the folded decision is what gets measured
+    assert folded is not None  # the folded decision is what gets measured
 
 
 def test_bad_fraction_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""The folded decision (``vitskip_env.deploy.fused``): the exact path's decisions, near ties included, in torch and NumPy."""
+"""The folded decision (``vitskip_env.deploy.folded``): the exact path's decisions, near ties included, in torch and NumPy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy, ViTSkipVectorEnv
-from vitskip_env.deploy import FusedDecision
+from vitskip_env.deploy import FoldedDecision
 from vitskip_env.deploy.netspec import Columns
 from vitskip_env.observations import encoder_for
 
@@ -51,31 +51,31 @@ def states(vit: SkippableViT, x: torch.Tensor, block: int, seed: int = 0) -> tup
 def test_folded_margins_match_the_exact_logits(micro: tuple, act: type[nn.Module]) -> None:
     vit, x = micro
     dyn = DynamicViT(vit, agent_like_policy(vit, act))
-    fused = dyn.fused
-    assert fused is not None and fused.has_host_path == (act is not nn.GELU)
+    folded = dyn.folded
+    assert folded is not None and folded.has_host_path == (act is not nn.GELU)
     for block in range(vit.depth):
         tokens, executed = states(vit, x, block, seed=block)
         with torch.inference_mode():
             packed = dyn.policy.encoder.pack(tokens, block, executed.sum(1, dtype=torch.float32) / vit.depth)
             logits = dyn.policy.logits(packed)
             exact_margin = logits[:, 1] - logits[:, 0]
-            margin = fused(tokens, block, executed.sum(1, dtype=torch.float32))
-            assert (margin - exact_margin).abs().max() < fused.tol / 100
-            if fused.has_host_path:
-                host = torch.from_numpy(fused.margin_host(tokens, block, executed.numpy().sum(1)))
-                assert (host - exact_margin).abs().max() < fused.tol / 100
+            margin = folded(tokens, block, executed.sum(1, dtype=torch.float32))
+            assert (margin - exact_margin).abs().max() < folded.tol / 100
+            if folded.has_host_path:
+                host = torch.from_numpy(folded.margin_host(tokens, block, executed.numpy().sum(1)))
+                assert (host - exact_margin).abs().max() < folded.tol / 100
 
 
 def near_tie(dyn: DynamicViT, tokens: torch.Tensor, block: int, count: torch.Tensor) -> None:
     """Put row 0 a quarter tolerance on the skip side of the tie, and make the folded margins err by half a
     tolerance towards executing (as rounding may): only the exact re-check keeps the decision right."""
-    margin = float(dyn.fused(tokens, block, count)[0])
-    dyn.policy.net[-1].bias[1] -= margin + dyn.fused.tol / 4
+    margin = float(dyn.folded(tokens, block, count)[0])
+    dyn.policy.net[-1].bias[1] -= margin + dyn.folded.tol / 4
     dyn.refold()
-    fused, tol = dyn.fused, dyn.fused.tol
-    torch_margin, host_margin = fused.margin_from, fused.margin_from_host
-    fused.margin_from = lambda *a: torch_margin(*a) + tol / 2
-    fused.margin_from_host = lambda *a: host_margin(*a) + tol / 2
+    folded, tol = dyn.folded, dyn.folded.tol
+    torch_margin, host_margin = folded.margin_from, folded.margin_from_host
+    folded.margin_from = lambda *a: torch_margin(*a) + tol / 2
+    folded.margin_from_host = lambda *a: host_margin(*a) + tol / 2
 
 
 @pytest.mark.parametrize("batch", [1, 5, 64])  # NumPy path (<= 16 images) and torch path
@@ -85,7 +85,7 @@ def test_decisions_equal_the_exact_path_even_at_ties(micro: tuple, batch: int) -
     tokens, executed = states(vit, x[:batch], 2, seed=1)
     with torch.inference_mode():
         near_tie(dyn, tokens, 2, executed.sum(1, dtype=torch.float32))
-        assert 0 < float(dyn.fused(tokens, 2, executed.sum(1, dtype=torch.float32))[0]) <= dyn.fused.tol  # folded: execute
+        assert 0 < float(dyn.folded(tokens, 2, executed.sum(1, dtype=torch.float32))[0]) <= dyn.folded.tol  # folded: execute
         fast = dyn.decide(2, tokens, executed)
         exact = dyn._decide(2, tokens, executed)
     assert not exact[0] and torch.equal(fast, exact)
@@ -101,9 +101,9 @@ def test_forward_with_and_without_folding_agree(micro: tuple, rules: dict) -> No
         host16 = dyn(x[:16], return_mask=True)
         host5 = torch.cat([dyn(x[j : j + 5], return_mask=True)[1] for j in range(0, 20, 5)])
         singles = torch.cat([dyn(x[j : j + 1], return_mask=True)[1] for j in range(16)])
-        fused, dyn.fused = dyn.fused, None
+        folded, dyn.folded = dyn.folded, None
         ref_logits, ref_mask = dyn(x, return_mask=True)
-        dyn.fused = fused
+        dyn.folded = folded
     assert 0 < mask[:, 2:].sum() < mask[:, 2:].numel()  # the policy really varies (else the test shows nothing)
     assert torch.equal(mask, ref_mask) and torch.equal(logits, ref_logits)
     assert torch.equal(host16[1], ref_mask[:16]) and torch.allclose(host16[0], ref_logits[:16], atol=1e-5)
@@ -115,17 +115,17 @@ def test_forward_with_and_without_folding_agree(micro: tuple, rules: dict) -> No
 def test_unsupported_policies_keep_the_exact_path(micro: tuple) -> None:
     vit, _ = micro
     enc = encoder_for(vit)
-    assert FusedDecision.build(SkipPolicy(nn.Linear(enc.obs_dim, 2), enc)) is None  # no hidden layer to fold into
+    assert FoldedDecision.build(SkipPolicy(nn.Linear(enc.obs_dim, 2), enc)) is None  # no hidden layer to fold into
     normalised = SkipPolicy(
         nn.Sequential(nn.Linear(enc.obs_dim, 8), nn.Tanh(), nn.Linear(8, 2)),
         enc,
         obs_mean=torch.zeros(enc.obs_dim),
         obs_var=torch.ones(enc.obs_dim),
     )
-    assert FusedDecision.build(normalised) is None
+    assert FoldedDecision.build(normalised) is None
     dict_enc = encoder_for(vit, "dict")
-    assert FusedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), dict_enc)) is None
-    plain = FusedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(enc.obs_dim, 8), nn.Tanh(), nn.Linear(8, 2)), enc))
+    assert FoldedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)), dict_enc)) is None
+    plain = FoldedDecision.build(SkipPolicy(nn.Sequential(nn.Linear(enc.obs_dim, 8), nn.Tanh(), nn.Linear(8, 2)), enc))
     assert plain is not None and plain.has_host_path
 
 
@@ -146,7 +146,7 @@ def test_forward_at_a_tie_takes_the_exact_decision(micro: tuple, batch: int) -> 
     with torch.inference_mode():
         near_tie(dyn, vit.embed(x[:1]), 0, torch.zeros(1))  # block 0 sees the same tokens in every image: all rows
         _, mask = dyn(x[:batch], return_mask=True)
-        dyn.fused = None
+        dyn.folded = None
         _, ref_mask = dyn(x[:batch], return_mask=True)
     assert not ref_mask[:, 0].any() and torch.equal(mask, ref_mask)
 

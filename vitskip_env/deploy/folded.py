@@ -1,4 +1,4 @@
-"""``FusedDecision``: a policy's per-block decision in a handful of kernels, for ``DynamicViT`` at inference.
+"""``FoldedDecision``: a policy's per-block decision in a handful of kernels, for ``DynamicViT`` at inference.
 
 The exact decision (:meth:`SkipPolicy.forward`) packs the observation (pooled token, block one-hot,
 executed fraction: a concatenation), runs the network layer by layer (the block embedding, the
@@ -11,21 +11,21 @@ half a block of the ``demo`` backbone. Most of it is constant per block, so it i
 - the pooled token and the executed fraction enter that ``Linear`` linearly:
   ``h = addr(standardize(pooled) @ W_token + c[i], count, w_count / depth)``; the first term depends
   on the tokens only, so it is computed once per row and kept while the row skips blocks
-  (:meth:`FusedDecision.features`);
+  (:meth:`FoldedDecision.features`);
 - the hidden layers run as they are;
 - with two actions every deterministic rule executes iff ``logit_1 > logit_0``, so the last
   ``Linear`` is folded into one vector: ``margin = h @ (w_1 - w_0) + (b_1 - b_0)``.
 
 That is ~8 kernels. For a few images on a CPU even those cost mostly dispatch (~4 us a kernel), so
-there the same folded arithmetic runs in NumPy on the host (:meth:`FusedDecision.margin_host`,
+there the same folded arithmetic runs in NumPy on the host (:meth:`FoldedDecision.margin_host`,
 ~1 us an op; activations :data:`HOST_ACTIVATIONS`). The folded arithmetic rounds differently from
-the exact path, so a decision whose margin is within :attr:`FusedDecision.tol` of zero is
+the exact path, so a decision whose margin is within :attr:`FoldedDecision.tol` of zero is
 recomputed exactly by the caller: the decisions are the exact path's, always (tested), at the cost
 of one extra comparison per block.
 
 Supported policies: ``"flat"`` observations without VecNormalize statistics, a network that
 starts with a ``Linear`` on the packed observation (optionally behind a ``Columns`` that maps only
-the one-hot group) and ends with a ``Linear`` to 2 outputs. :meth:`FusedDecision.build` returns
+the one-hot group) and ends with a ``Linear`` to 2 outputs. :meth:`FoldedDecision.build` returns
 ``None`` for anything else, and ``DynamicViT`` keeps the exact path.
 """
 
@@ -51,7 +51,7 @@ HOST_ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-class FusedDecision(nn.Module):
+class FoldedDecision(nn.Module):
     """The folded decision of one :class:`SkipPolicy` (build it with :meth:`build`).
 
     Buffers are not persistent: they are derived from the policy and never saved.
@@ -157,7 +157,7 @@ class FusedDecision(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def build(cls, policy: SkipPolicy) -> FusedDecision | None:
+    def build(cls, policy: SkipPolicy) -> FoldedDecision | None:
         """The folded decision of ``policy``, or ``None`` when its form is not supported (see the module doc)."""
         enc = policy.encoder
         layers = list(policy.net) if isinstance(policy.net, nn.Sequential) else [policy.net]
