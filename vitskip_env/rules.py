@@ -173,6 +173,23 @@ class SkipRules:
         return execute
 
 
+class RulesView:
+    """The rules' two settings as read-only attributes of whatever holds ``self.rules`` (the env's
+    ``SkipCore``, the deployed ``SkipPolicy``)."""
+
+    rules: SkipRules
+
+    @property
+    def min_blocks(self) -> int:
+        """The rules' ``min_blocks``."""
+        return self.rules.min_blocks
+
+    @property
+    def always_execute(self) -> frozenset[int]:
+        """The rules' ``always_execute`` blocks."""
+        return self.rules.always_execute
+
+
 @dataclass(frozen=True)
 class SkipContract(Generic[Encoder]):
     """What an environment shares with deployment: its observation encoder and its skip rules.

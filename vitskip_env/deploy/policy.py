@@ -21,7 +21,7 @@ from torch import nn
 
 from ..model.fileformat import on_meta, shape_mismatches
 from ..observations import ObservationEncoder
-from ..rules import SkipContract, SkipRules
+from ..rules import RulesView, SkipContract, SkipRules
 from .netspec import build_net, describable, describe_net, flat_sequential
 
 Decision = Literal["categorical", "maskable", "argmax"]
@@ -61,7 +61,7 @@ def deterministic_action(
     return F.softmax(x, -1).argmax(1)
 
 
-class SkipPolicy(nn.Module):
+class SkipPolicy(RulesView, nn.Module):
     """Observation encoder + small network -> execute / skip, deterministic, with the env's skip rules.
 
     ``agents.export.export_policy(model, env)`` builds one from a trained agent; it can also be
@@ -152,16 +152,6 @@ class SkipPolicy(nn.Module):
         accessor = getattr(contract, "skip_contract", None)
         encoder, rules = accessor() if callable(accessor) else contract
         return cls(net, encoder, rules=rules, **kwargs)
-
-    @property
-    def min_blocks(self) -> int:
-        """The rules' ``min_blocks``."""
-        return self.rules.min_blocks
-
-    @property
-    def always_execute(self) -> frozenset[int]:
-        """The rules' ``always_execute`` blocks."""
-        return self.rules.always_execute
 
     def train(self, mode: bool = True) -> SkipPolicy:
         """Set the mode of the module but keep the network in eval mode (decisions stay deterministic)."""

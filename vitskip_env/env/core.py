@@ -23,7 +23,7 @@ import torch
 from ..data import ImageDataset
 from ..model import SkippableViT, run_executing_rows
 from ..observations import ObservationEncoder, executed_fraction
-from ..rules import SkipContract, SkipRules
+from ..rules import RulesView, SkipContract, SkipRules
 from .cotrain import Cotrainer
 from .rewards import RewardContext, RewardModel
 
@@ -54,7 +54,7 @@ class CoreStep:
     final: dict[str, torch.Tensor] | None
 
 
-class SkipCore:
+class SkipCore(RulesView):
     """N block-skipping episodes in flight on one device.
 
     Args:
@@ -127,16 +127,6 @@ class SkipCore:
         return self.tokens is None or self.block >= self.depth
 
     # ------------------------------------------------------------------ rules
-    @property
-    def min_blocks(self) -> int:
-        """The rules' ``min_blocks``."""
-        return self.rules.min_blocks
-
-    @property
-    def always_execute(self) -> frozenset[int]:
-        """The rules' ``always_execute`` blocks."""
-        return self.rules.always_execute
-
     def skip_contract(self) -> SkipContract[ObservationEncoder]:
         """The observation encoder and the skip rules: what deployment must share with this engine."""
         return SkipContract(self.encoder, self.rules)

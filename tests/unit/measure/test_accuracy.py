@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from test_contenders import varied_dynamic
 
-from vitskip_env import DynamicViT, SkippableViT, SkipPolicy, make_dataset
+from vitskip_env import DynamicViT, SkippableViT, make_dataset
 from vitskip_env.data.augment import random_skip_mask
 from vitskip_env.measure import Score, evaluate_backbone, random_skip_top1, score
 from vitskip_env.model import flops_costs
-from vitskip_env.observations import encoder_for
 
 N = 37  # images scored: batches of 16, 16 and 5
 BATCH = 16
@@ -24,13 +23,7 @@ def ds() -> object:
 @pytest.fixture(scope="module")
 def dyn() -> DynamicViT:
     """Micro backbone (4 blocks) + a random MLP policy whose decisions vary between images (block 0 always runs)."""
-    torch.manual_seed(3)
-    vit = SkippableViT("micro", num_classes=10).eval()
-    enc = encoder_for(vit)
-    net = nn.Sequential(nn.Linear(enc.obs_dim, 16), nn.Tanh(), nn.Linear(16, 2))
-    with torch.no_grad():
-        net[0].weight.mul_(4.0)
-    return DynamicViT(vit, SkipPolicy(net, enc, always_execute=(0,))).eval()
+    return varied_dynamic(3)
 
 
 def hand_count(ds, run) -> tuple[list[bool], list[list[bool]]]:
