@@ -96,6 +96,13 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ``executed_blocks``, ``compute_ratio`` (cost share spent, in [0, 1]), ``image_index`` and, for
     datasets that know it (shapes), ``difficulty``.
 
+    ## Registration
+
+    ``import vitskip_env`` registers every id of ``vitskip_env.ENV_IDS`` (and imports neither torch
+    nor timm); the entry points are the strings ``"vitskip_env.env.single_env:ViTSkipEnv"`` and, for
+    ``gym.make_vec``, ``"vitskip_env.env.vector_env:ViTSkipVectorEnv"``. A fresh process that has not
+    imported the package (RLlib workers, spawned workers) can use ``"vitskip_env:ViTSkip-Shapes-v0"``.
+
     ## Arguments
 
     ```python
