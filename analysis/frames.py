@@ -234,9 +234,11 @@ def wide_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_dynamic(model: Any, dataset: Any, n_images: int | None, batch_size: int) -> pd.DataFrame:
-    """Run a ``DynamicViT`` over ``dataset`` and return its skip frame (torch imported here only)."""
-    import torch
+    """Run a ``DynamicViT`` over ``dataset`` and return its skip frame (torch imported here only).
 
+    The per-image predictions, confidences and executed blocks come from the one scorer,
+    :func:`vitskip_env.measure.accuracy.score` (``per_image=True``).
+    """
     if n_images is not None and int(n_images) < 0:
         raise ValueError(f"n_images must be >= 0 (images of the test split to run; None: all), got {n_images}")
     if batch_size < 1:
@@ -247,24 +249,16 @@ def _run_dynamic(model: Any, dataset: Any, n_images: int | None, batch_size: int
 
         dataset = make_dataset(dataset, "test", device=device)
     n = len(dataset.labels) if n_images is None else min(int(n_images), len(dataset.labels))
-    parts: dict[str, list[np.ndarray]] = {"executed_mask": [], "prediction": [], "confidence": []}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                images = dataset.normalize(dataset.images[start : min(n, start + batch_size)].to(device))
-                logits, mask = model(images, return_mask=True)
-                prediction = logits.argmax(1)
-                confidence = logits.float().softmax(1).gather(1, prediction[:, None]).squeeze(1)
-                for key, value in (("executed_mask", mask), ("prediction", prediction), ("confidence", confidence)):
-                    parts[key].append(value.cpu().numpy())
-    finally:
-        model.train(was_training)
-    empty = {"executed_mask": np.zeros((0, model.depth), dtype=bool), "prediction": np.zeros(0), "confidence": np.zeros(0)}
-    episodes = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
-    labels = dataset.labels[:n].cpu().numpy()
-    episodes |= {"image_index": np.arange(n), "label": labels, "correct": episodes["prediction"] == labels}
+    if n == 0:  # the scorer refuses an empty split; an empty frame is still a frame
+        episodes = {"executed_mask": np.zeros((0, model.depth), dtype=bool), "prediction": np.zeros(0),
+                    "confidence": np.zeros(0), "correct": np.zeros(0, dtype=bool)}  # fmt: skip
+    else:
+        from vitskip_env.measure.accuracy import score
+
+        s = score(model, dataset, n_images=n, batch_size=batch_size, per_image=True)
+        parts = {"executed_mask": s.executed, "prediction": s.prediction, "confidence": s.confidence, "correct": s.correct}
+        episodes = {key: value.cpu().numpy() for key, value in parts.items()}
+    episodes |= {"image_index": np.arange(n), "label": dataset.labels[:n].cpu().numpy()}
     if getattr(dataset, "difficulty", None) is not None:
         episodes["difficulty"] = dataset.difficulty[:n].cpu().numpy()
     return from_episodes(episodes, list(dataset.classes))

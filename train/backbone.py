@@ -159,9 +159,9 @@ def main(args: Args) -> Path:
     outputs = backbone_checks.Outputs.at(out)
     ckpt = backbone_checks.plan_run(outputs, args)  # the interrupted training to resume, if any
     rank, local_rank, world = common.distributed_info()
-    if world > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     device = common.resolve_device(args.device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     common.set_threads(args.threads)

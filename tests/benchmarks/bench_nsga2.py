@@ -32,6 +32,7 @@ from agents.nsga2.trie import block_runs
 from vitskip_env import make_dataset
 from vitskip_env.env.options import resolve_backbone
 from vitskip_env.files import atomic_path, atomic_write_text
+from vitskip_env.runtime import resolve_device
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 GOAL = 5.0
@@ -181,7 +182,7 @@ def test_vectorised_population_scoring() -> None:
     threads = int(os.environ.get("VITSKIP_BENCH_THREADS", "1"))
     n = int(os.environ.get("VITSKIP_BENCH_IMAGES", "256"))
     rounds = int(os.environ.get("VITSKIP_BENCH_ROUNDS", "3"))
-    device = torch.device(os.environ.get("VITSKIP_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(os.environ.get("VITSKIP_BENCH_DEVICE", "auto"))
     batch = int(os.environ.get("VITSKIP_BENCH_BATCH", "256"))
     torch.set_num_threads(threads)
     malloc = tune_malloc()

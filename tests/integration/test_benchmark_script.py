@@ -45,7 +45,7 @@ def test_benchmark_writes_every_table_and_plot(tmp_path: Path, model_file: Path)
     assert sorted(frame["batch"].unique()) == [1, 32]
     assert set(frame["model"]) == {"static", "dynamic", "random", "static_subset"}
     assert (frame["device"] == "cpu").all() and (frame["dtype"] == "fp32").all() and (frame["threads"] == 1).all()
-    assert frame["images_per_s"].gt(0).all() and "peak_mem_mib" not in frame  # memory: tests/unit/test_benchmarking.py
+    assert frame["images_per_s"].gt(0).all() and "peak_mem_mib" not in frame  # memory: tests/unit/measure/test_contenders.py
     static = frame[frame["model"] == "static"]
     assert (static["speedup"] == 1.0).all() and (static["executed_blocks"] == 4).all()
     subset = frame["subset"].iloc[0]

@@ -2,8 +2,9 @@
 
 Every top-1 figure of the project comes from :func:`score`: the backbone's training evaluation
 (``train/backbone.py``), the RL run's final comparison (``train/rl.py``), the benchmark's accuracy
-table (:func:`vitskip_env.measure.contenders.accuracy_table`) and the reward search's individuals
-(``agents.nsga2.reward_worker``). It scores
+table (:func:`vitskip_env.measure.contenders.accuracy_table`), the reward search's individuals
+(``agents.nsga2.reward_worker``) and the per-image rows of a ``DynamicViT``'s skip frame
+(``analysis.frames.skip_frame``, with ``per_image=True``). It scores
 
 - a static backbone (every block),
 - a backbone under fixed execute masks: one static subset of blocks for every image, one mask per
@@ -49,6 +50,10 @@ class Score:
         n_images: Images scored.
         correct: ``bool (n_images,)`` per-image correctness (with ``per_image=True``, else ``None``).
         executed: ``bool (n_images, depth)`` executed blocks per image (with ``per_image=True``, else ``None``).
+        prediction: ``int64 (n_images,)`` predicted class (argmax of the logits) per image (with
+            ``per_image=True``, else ``None``).
+        confidence: ``float32 (n_images,)`` softmax probability of the predicted class per image (with
+            ``per_image=True``, else ``None``).
     """
 
     top1: float
@@ -58,6 +63,8 @@ class Score:
     n_images: int
     correct: torch.Tensor | None = None
     executed: torch.Tensor | None = None
+    prediction: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
     def as_dict(self) -> dict[str, float]:
         """``images``, ``top1``, ``executed_blocks``, ``executed_frac`` and ``compute`` as plain numbers."""
@@ -93,7 +100,8 @@ def score(
         n_images: Score only the first ``n_images`` images (``None``: the whole split).
         batch_size: Images per forward.
         dtype: Input dtype (``torch.bfloat16`` with a bf16 backbone).
-        per_image: Also return the per-image ``correct`` and ``executed`` tensors (on the model's device).
+        per_image: Also return the per-image ``correct``, ``executed``, ``prediction`` and ``confidence``
+            tensors (on the model's device).
 
     Raises:
         ValueError: ``masks`` with a ``DynamicViT``, or no images to score.
@@ -113,6 +121,8 @@ def score(
     correct, blocks, compute = 0, 0, 0.0
     hits: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
+    predictions: list[torch.Tensor] = []
+    confidences: list[torch.Tensor] = []
     try:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -123,7 +133,8 @@ def score(
                 logits, mask = model(x, return_mask=True)
             else:
                 logits = backbone(x) if mask is None else backbone(x, execute_mask=mask)
-            hit = logits.argmax(1) == dataset.labels[start:stop].to(device)
+            prediction = logits.argmax(1)
+            hit = prediction == dataset.labels[start:stop].to(device)
             correct += int(hit.sum())
             if mask is None:
                 blocks += x.shape[0] * depth
@@ -134,6 +145,8 @@ def score(
             if per_image:
                 hits.append(hit)
                 rows.append(torch.ones(x.shape[0], depth, dtype=torch.bool, device=device) if mask is None else mask)
+                predictions.append(prediction)
+                confidences.append(logits.float().softmax(1).gather(1, prediction[:, None]).squeeze(1))
     finally:
         for m, training in modes:
             m.training = training
@@ -145,6 +158,8 @@ def score(
         n_images=n,
         correct=torch.cat(hits) if per_image else None,
         executed=torch.cat(rows) if per_image else None,
+        prediction=torch.cat(predictions) if per_image else None,
+        confidence=torch.cat(confidences) if per_image else None,
     )
 
 

@@ -96,6 +96,23 @@ def test_dynamic_vit_scored_by_its_own_decisions(dyn: DynamicViT, ds) -> None:
                            "executed_frac": s.executed_frac, "compute": s.compute}  # fmt: skip
 
 
+def test_per_image_predictions_and_confidences(dyn: DynamicViT, ds) -> None:
+    """``per_image`` also gives each image's predicted class and its softmax probability (the skip frame's columns)."""
+    predictions, confidences = [], []
+    with torch.inference_mode():
+        for i in range(N):
+            probs = dyn(ds.normalize(ds.images[i : i + 1])).float().softmax(1)[0]
+            predictions.append(int(probs.argmax()))
+            confidences.append(float(probs.max()))
+    s = score(dyn, ds, n_images=N, batch_size=BATCH, per_image=True)
+    assert s.prediction is not None and s.prediction.tolist() == predictions
+    assert s.confidence is not None and s.confidence.dtype == torch.float32
+    assert s.confidence.tolist() == pytest.approx(confidences, rel=1e-5)
+    assert s.correct is not None and s.correct.tolist() == (s.prediction == ds.labels[:N]).tolist()
+    plain = score(dyn, ds, n_images=N, batch_size=BATCH)
+    assert plain.prediction is None and plain.confidence is None
+
+
 def test_the_whole_split_eval_mode_and_errors(dyn: DynamicViT, ds) -> None:
     vit = dyn.backbone
     small = make_dataset("shapes", "val")
