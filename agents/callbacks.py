@@ -222,7 +222,7 @@ class SkipEvalCallback(BaseCallback):
         self.eval_env = make_eval_env(kwargs, min(self.num_envs, self.n_images or self.num_envs), self.split)
         best_json = self.best_model_save_path / "best_model.json" if self.best_model_save_path else None
         if best_json is not None and best_json.is_file():  # resumed run: only a better model replaces it
-            self.best_value = float(json.loads(best_json.read_text(encoding="utf-8"))["value"])
+            self.best_value = _recorded_best(best_json)
 
     def _on_training_start(self) -> None:
         self._next = (self.model.num_timesteps // self.eval_freq + 1) * self.eval_freq
@@ -263,3 +263,15 @@ class SkipEvalCallback(BaseCallback):
                 meta = {"metric": self.best_metric, "value": value, "num_timesteps": self.num_timesteps, "result": summary}
                 atomic_write_text(self.best_model_save_path / "best_model.json", json.dumps(meta, indent=2) + "\n")
         return result
+
+
+def _recorded_best(path: Path) -> float:
+    """The finite ``value`` of a run's ``best_model.json``; ``ValueError`` naming the file otherwise."""
+    try:
+        value = float(json.loads(path.read_text(encoding="utf-8"))["value"])
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a best_model.json written by a run ({type(err).__name__}: {err}); "
+                         "delete it to let this run record its own best model") from None  # fmt: skip
+    if not math.isfinite(value):
+        raise ValueError(f"{path} records a best value of {value}; delete it to let this run record its own best model")
+    return value

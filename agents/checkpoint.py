@@ -23,12 +23,10 @@ parameters as the uninterrupted run.
 from __future__ import annotations
 
 import collections
-import hashlib
 import inspect
 import json
 import math
 import os
-import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -40,18 +38,16 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from vitskip_env.files import atomic_path, atomic_write_text
 
+from .checkpoint_files import CHECKPOINT_META, CheckpointError, read_parts, sha256_of
 from .run_state import Parts, capture_env, capture_rng, find_vec_normalize, restore_env, restore_rng
 
-CHECKPOINT_META = "checkpoint.json"
 FORMAT = "vitskip-checkpoint/2"
 #: Step counters and progress of SB3 algorithms, restored as they were.
 SB3_COUNTERS = ("num_timesteps", "_n_updates", "_episode_num", "_n_calls", "_current_progress_remaining", "exploration_rate")
 #: Plain attributes that may differ between the original and the resumed agent.
 _FREE = frozenset({"verbose", "tensorboard_log", "start_time", "num_timesteps", "exploration_rate"})
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed (old unsafe format, damaged, or not matching the agent)."""
+#: Agent arguments :func:`load_checkpoint` never takes from ``checkpoint.json`` (pass them yourself).
+_NOT_FROM_FILE = frozenset({"tensorboard_log"})
 
 
 def _plain_attributes(model: Any) -> dict[str, Any]:
@@ -177,7 +173,11 @@ def restore_agent(model: Any, parts: Parts) -> None:
         raise CheckpointError(f"the checkpoint was made with {detail}: rebuild the agent with the original arguments")
     if isinstance(model, BaseAlgorithm):
         model.set_parameters(parts.tensors["parameters"], exact_match=True, device=model.device)
-        for key, value in parts.json["counters"].items():
+        counters = parts.json["counters"]
+        unknown = sorted(set(counters) - set(SB3_COUNTERS))
+        if unknown:  # a file may set the step counters, never other attributes (n_epochs, gamma, policy...)
+            raise CheckpointError(f"the checkpoint's counters hold {unknown}, which are not step counters {SB3_COUNTERS}")
+        for key, value in counters.items():
             setattr(model, key, value)
         for name in ("_last_obs", "_last_episode_starts", "_last_original_obs"):
             value = _obs_from(name, parts)
@@ -203,14 +203,6 @@ def restore_agent(model: Any, parts: Parts) -> None:
 
 
 # ---------------------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(
     model: Any, directory: str | os.PathLike, *, agent_kwargs: dict[str, Any] | None = None, extra: dict | None = None
 ) -> Path:
@@ -245,7 +237,7 @@ def save_checkpoint(
         "num_timesteps": int(model.num_timesteps),
         "agent_kwargs": _plain_json(agent_kwargs or {}),
         "files": files,
-        "sha256": {k: _sha256(directory / v) for k, v in files.items()},
+        "sha256": {k: sha256_of(directory / v) for k, v in files.items()},
         "state": parts.json,
         "extra": extra or {},
     }
@@ -269,36 +261,20 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint in {directory} (missing {CHECKPOINT_META}); nothing to resume")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({type(err).__name__}: {err}); the checkpoint is damaged") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a {FORMAT} checkpoint: it comes from an older version whose model.zip / *.pkl files run code "
             "when loaded, so it is not loaded. Start a new run; if you trust the folder, load its model.zip yourself "
             "with Stable-Baselines3 (e.g. PPO.load)"
         )
+    steps, algo, state = meta.get("num_timesteps"), meta.get("algo"), meta.get("state")
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 and isinstance(algo, str)) or not (
+        isinstance(state, dict) and all(isinstance(state.get(k), dict) for k in ("agent", "rng", "env"))
+    ):
+        raise CheckpointError(f"{path} lacks a step count, an algorithm name or the recorded state; it is damaged")
     return meta
-
-
-def _read_parts(directory: Path, meta: dict[str, Any]) -> Parts:
-    files = meta["files"]
-    for key, name in files.items():
-        path = directory / name
-        if Path(name).name != name or not path.is_file():
-            raise CheckpointError(f"checkpoint file {name!r} listed in {directory / CHECKPOINT_META} is missing")
-        if _sha256(path) != meta["sha256"][key]:
-            raise CheckpointError(f"checkpoint file {path} does not match its SHA-256 in {CHECKPOINT_META}; it is damaged")
-    try:
-        tensors = torch.load(directory / files["state"], map_location="cpu", weights_only=True)
-        with np.load(directory / files["arrays"], allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (pickle.UnpicklingError, ValueError, RuntimeError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint in {directory} holds something other than plain tensors and arrays ({first}); it is refused, "
-            "since loading it could run code"
-        ) from None
-    return Parts(meta["state"], tensors, arrays)
 
 
 def check_algo(meta: dict[str, Any], algo: str | None) -> str:
@@ -341,11 +317,17 @@ def restore_checkpoint(model: Any, directory: str | os.PathLike, *, algo: str | 
     name = check_algo(meta, algo)
     if algo_label(model) != meta["algo"]:
         raise CheckpointError(f"the checkpoint holds a {meta['algo']!r} agent, not a {algo_label(model)!r} one ({name})")
-    parts = _read_parts(directory, meta)
-    restore_agent(model, parts.sub("agent"))
-    env = model.get_env() if hasattr(model, "get_env") else None
-    restore_env(env, parts.sub("env"))
-    restore_rng(parts.sub("rng"))
+    parts = read_parts(directory, meta)
+    try:
+        restore_agent(model, parts.sub("agent"))
+        env = model.get_env() if hasattr(model, "get_env") else None
+        restore_env(env, parts.sub("env"))
+        restore_rng(parts.sub("rng"))
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as err:
+        detail = f"missing entry {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"the checkpoint in {directory} cannot be restored ({detail})") from err
     return meta
 
 
@@ -357,7 +339,8 @@ def load_checkpoint(directory: str | os.PathLike, env: Any = None, *, algo: str 
         env: The training env built as for the original run, *without* ``VecNormalize``: if the
             checkpoint has ``VecNormalize`` statistics, the env is wrapped with them here.
         algo: Required when the checkpoint's algorithm is a ``module:Class`` (never imported from the file).
-        **kwargs: Arguments of :func:`agents.make_agent` overriding the recorded ones (``device``...).
+        **kwargs: Arguments of :func:`agents.make_agent` overriding the recorded ones (``device``...);
+            ``tensorboard_log`` is never taken from the file, give it here.
     """
     from . import make_agent, resolve_algo
 
@@ -373,6 +356,8 @@ def load_checkpoint(directory: str | os.PathLike, env: Any = None, *, algo: str 
     _, cls = resolve_algo(name)
     accepted = inspect.signature(cls.__init__).parameters
     rebuilt = {k: v for k, v in {**agent["hyperparameters"], **agent.get("config", {})}.items() if k in accepted}
-    model = make_agent(name, env, **{**rebuilt, **meta.get("agent_kwargs", {}), **kwargs})
+    recorded = {**rebuilt, **meta.get("agent_kwargs", {})}
+    # a path to write to is never taken from the file (SB3's learn() writes TensorBoard logs to tensorboard_log)
+    model = make_agent(name, env, **{**{k: v for k, v in recorded.items() if k not in _NOT_FROM_FILE}, **kwargs})
     restore_checkpoint(model, directory, algo=name)
     return model

@@ -25,10 +25,18 @@ class AppendingCSVFormat(KVWriter):
 
     Args:
         path: The CSV file (created if missing; its header and rows are kept if present).
+
+    Raises:
+        ValueError: ``path`` is a symbolic link (rows would be appended to the file it points to).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if self.path.is_symlink():  # appending would write wherever the link points, outside the run
+            raise ValueError(
+                f"{self.path} is a symbolic link: progress.csv is appended to, so it must be a plain file of the run; "
+                "replace it by a copy of the file it points to"
+            )
         self.keys: list[str] = []
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, newline="", encoding="utf-8") as f:

@@ -177,3 +177,44 @@ def test_reinforce_resumed_from_a_checkpoint_matches_the_uninterrupted_run(micro
     for key, value in straight.policy.state_dict().items():
         torch.testing.assert_close(resumed.policy.state_dict()[key], value, rtol=0, atol=0)
     torch.testing.assert_close(resumed.baseline, straight.baseline, rtol=0, atol=0)
+
+
+def test_checkpoint_counters_cannot_set_other_attributes(micro_kwargs: dict, tmp_path: Path) -> None:
+    """checkpoint.json's counters restore step counters only: not n_epochs, gamma or the policy."""
+    from agents.checkpoint import CheckpointError
+
+    model = make_agent("ppo", VecMonitor(SB3VecEnv(N, **micro_kwargs)), seed=0, n_steps=8)
+    save_checkpoint(model, tmp_path)
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    meta["state"]["agent"]["counters"]["n_epochs"] = 10**6
+    (tmp_path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"counters hold \['n_epochs'\]"):
+        load_checkpoint(tmp_path, env=VecMonitor(SB3VecEnv(N, **micro_kwargs)))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("{}", "KeyError"), ('{"value": "x"}', "ValueError"), ('{"value": Infinity}', "best value of inf")]
+)
+def test_a_malformed_best_model_json_is_one_error_naming_it(
+    micro_kwargs: dict, tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "best_model.json").write_text(text)
+    model = make_agent("ppo", VecMonitor(SB3VecEnv(N, **micro_kwargs)), seed=0, n_steps=8)
+    callback = SkipEvalCallback(micro_kwargs, eval_freq=64, n_images=16, best_model_save_path=tmp_path)
+    with pytest.raises(ValueError, match=message) as info:
+        callback.init_callback(model)
+    assert str(tmp_path / "best_model.json") in str(info.value)
+
+
+def test_load_checkpoint_takes_no_log_path_from_the_file(micro_kwargs: dict, tmp_path: Path) -> None:
+    """SB3's learn() writes TensorBoard files to tensorboard_log: a checkpoint.json never chooses that path."""
+    model = make_agent("ppo", VecMonitor(SB3VecEnv(N, **micro_kwargs)), seed=0, n_steps=8)
+    save_checkpoint(model, tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    elsewhere = str(tmp_path / "elsewhere")
+    meta["agent_kwargs"]["tensorboard_log"] = meta["state"]["agent"]["hyperparameters"]["tensorboard_log"] = elsewhere
+    (tmp_path / "ckpt" / "checkpoint.json").write_text(json.dumps(meta))
+    resumed = load_checkpoint(tmp_path / "ckpt", env=VecMonitor(SB3VecEnv(N, **micro_kwargs)))
+    assert resumed.tensorboard_log is None
+    given = load_checkpoint(tmp_path / "ckpt", env=VecMonitor(SB3VecEnv(N, **micro_kwargs)), tensorboard_log=elsewhere)
+    assert given.tensorboard_log == elsewhere

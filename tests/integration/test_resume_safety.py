@@ -154,3 +154,97 @@ def test_resume_never_imports_a_module_named_by_a_file(run_dir: Path, marker: Pa
     with pytest.raises(rl.RunArgumentError, match="not a registered environment id"):
         rl.run(rl.RLArgs(resume=str(run_dir)))
     assert not marker.exists()
+
+
+def _compressed_npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_resume_refuses_compressed_checkpoint_members(run_dir: Path) -> None:
+    """A deflated member expands far beyond its file (80 MB from ~80 KB here): refused before anything is read."""
+    ckpt = run_dir / "checkpoint"
+    bomb = _compressed_npz(a=np.zeros(10**7))
+    assert len(bomb) < 10**6
+    _new_checkpoint(ckpt, _torch_bytes({"agent/x": torch.zeros(2)}), bomb)
+    with pytest.raises(CheckpointError, match="compressed or oversized members") as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(ckpt / "arrays-0.npz") in str(info.value)
+
+
+def test_resume_refuses_a_tensor_larger_than_its_storage(run_dir: Path) -> None:
+    """A zero-stride view saves a (10**4, 10**4) tensor in 4 bytes; any copy of it would take 400 MB."""
+    ckpt = run_dir / "checkpoint"
+    _new_checkpoint(ckpt, _torch_bytes({"agent/x": [torch.zeros(1).expand(10**4, 10**4)]}), _npz_bytes())
+    with pytest.raises(CheckpointError, match=r"shape \(10000, 10000\) on a storage of 4 bytes"):
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+
+
+def test_resume_reports_a_deeply_nested_checkpoint_json(run_dir: Path) -> None:
+    (run_dir / "checkpoint" / "checkpoint.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="is not valid JSON") as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(run_dir / "checkpoint" / "checkpoint.json") in str(info.value)
+
+
+def test_resume_never_downloads_because_a_file_says_so(run_dir: Path) -> None:
+    args = yaml.safe_load((run_dir / "args.yaml").read_text())
+    (run_dir / "args.yaml").write_text(yaml.safe_dump({**args, "download": True}))
+    merged, _ = rl.resume_args(rl.RLArgs(resume=str(run_dir)))
+    assert merged.download is False
+    merged, _ = rl.resume_args(rl.RLArgs(resume=str(run_dir), download=True))  # the flag given now does
+    assert merged.download is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("env: [unclosed", "is not readable YAML"),
+        ("env: [a, b]", r"entry 'env' must be str, got \['a', 'b'\]"),
+        ("num_envs: true", "entry 'num_envs' must be int"),
+        ("agent_kwargs: {a: 1}", "entry 'agent_kwargs' must be str"),
+        ("[1, 2]", "is not the args.yaml of a run"),
+    ],
+)
+def test_a_malformed_args_yaml_is_one_error_naming_it(run_dir: Path, text: str, message: str) -> None:
+    (run_dir / "args.yaml").write_text(text)
+    with pytest.raises(rl.RunArgumentError, match=message) as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(run_dir / "args.yaml") in str(info.value)
+
+
+def test_progress_csv_is_never_appended_through_a_link(run_dir: Path, tmp_path: Path) -> None:
+    from agents.run_logger import run_logger
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (run_dir / "progress.csv").symlink_to(victim)
+    with pytest.raises(ValueError, match=r"progress\.csv is appended to") as info:
+        run_logger(run_dir, formats=("csv",))
+    assert str(run_dir / "progress.csv") in str(info.value) and victim.read_text() == "keep\n"
+
+
+def test_a_malformed_checkpoint_json_is_one_error_naming_it(run_dir: Path) -> None:
+    ckpt = run_dir / "checkpoint"
+    _new_checkpoint(ckpt, _torch_bytes({"agent/x": torch.zeros(2)}), _npz_bytes())  # its "state" lacks every entry
+    with pytest.raises(CheckpointError, match=r"cannot be restored \(missing entry 'hyperparameters'\)") as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(ckpt) in str(info.value)
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    (ckpt / "checkpoint.json").write_text(json.dumps({**meta, "files": ["state-0.pt"]}))
+    with pytest.raises(CheckpointError, match="does not list its state and arrays files") as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(ckpt / "checkpoint.json") in str(info.value)
+
+
+@pytest.mark.parametrize("edit", [{"num_timesteps": "many"}, {"algo": ["ppo"]}, {"state": []}, {"state": {"agent": {}}}])
+def test_a_checkpoint_json_without_its_entries_is_refused_before_anything_is_built(run_dir: Path, edit: dict) -> None:
+    ckpt = run_dir / "checkpoint"
+    _new_checkpoint(ckpt, _torch_bytes({}), _npz_bytes())
+    meta = json.loads((ckpt / "checkpoint.json").read_text())
+    (ckpt / "checkpoint.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(CheckpointError, match="lacks a step count") as info:
+        rl.run(rl.RLArgs(resume=str(run_dir)))
+    assert str(ckpt / "checkpoint.json") in str(info.value)
+    assert not (run_dir / "progress.csv").exists()

@@ -254,6 +254,7 @@ class SkipPolicy(RulesView, nn.Module):
             ValueError: A malformed network description, or a state that does not match it.
         """
         spec = config["net"]
+        _refuse_placement(spec)
         with on_meta():
             probe = build_net(spec)
         expected = {f"net.{k}": v for k, v in probe.state_dict().items()}
@@ -277,3 +278,25 @@ class SkipPolicy(RulesView, nn.Module):
         except RuntimeError as exc:
             raise ValueError(f"policy weights do not match the network in its config: {exc}") from exc
         return policy
+
+
+#: Layer arguments a saved network may not hold: they would place the probe's parameters off the ``meta`` device.
+_PLACEMENT = ("device", "dtype")
+
+
+def _refuse_placement(spec: Any, level: int = 0) -> None:
+    """Refuse a layer list naming a ``device`` or ``dtype``: the probe would allocate before its sizes are checked."""
+    if not isinstance(spec, list) or level > 16:
+        return  # build_net reports a malformed list
+    for entry in spec:
+        if not isinstance(entry, dict):
+            continue
+        named = [k for k in _PLACEMENT if k in entry]
+        if named:
+            raise ValueError(
+                f"a {entry.get('type')!r} layer of the policy network names {named}: a saved network never does "
+                "(its parameters are float32 and follow the module's device)"
+            )
+        nets = entry.get("nets")
+        for sub in nets.values() if isinstance(nets, dict) else ():
+            _refuse_placement(sub, level + 1)

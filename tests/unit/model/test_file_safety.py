@@ -123,6 +123,22 @@ def test_dynamic_huge_policy_layer_fails_fast(files: dict[str, Path], tmp_path: 
     fails_fast(lambda: DynamicViT.load(bomb), bomb, r"policy weights do not match.*\(60000, 60000\)")
 
 
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_dynamic_policy_layer_cannot_place_itself_off_meta(where: str, files: dict[str, Path], tmp_path: Path) -> None:
+    """A layer naming ``device`` would be built for real before its sizes are checked (576 MB here)."""
+
+    def placed(config: dict[str, Any]) -> None:
+        layer = {"type": "Linear", "in_features": 12000, "out_features": 12000, "bias": True, "device": "cpu"}
+        net = config["policy"]["net"]
+        if where == "top":
+            net[0] = layer
+        else:
+            net[0] = {"type": "Columns", "sizes": [net[0]["in_features"]], "nets": {"0": [layer]}}
+
+    bomb = tamper(files["dynamic"], tmp_path / f"placed-{where}.safetensors", placed)
+    fails_fast(lambda: DynamicViT.load(bomb), bomb, r"names \['device'\]")
+
+
 def test_dynamic_policy_with_too_many_layers_fails_fast(files: dict[str, Path], tmp_path: Path) -> None:
     many = _set("policy", "net", value=[{"type": "Tanh"}] * 10**5)
     bomb = tamper(files["dynamic"], tmp_path / "layers.safetensors", many)

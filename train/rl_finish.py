@@ -1,0 +1,120 @@
+"""The end of an RL run (``train/rl.py``): export the ``DynamicViT``, score it and the static backbone
+on the test split with the one scorer, time both side by side, and write ``eval.parquet``,
+``summary.json`` (no NaN: ``null``), ``summary.md`` and the skip-pattern report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from analysis.frames import from_episodes
+from vitskip_env.files import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from rl import RLArgs
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """Write the skip-pattern report (``report.md`` + ``plots/``); a failure only warns, the run is complete."""
+    try:
+        from analysis.report import write_report
+
+        path = write_report([run_dir])
+    except Exception as exc:  # the run's own files are written; the report can be made again at any time
+        print(f"warning: the skip-pattern report failed ({type(exc).__name__}: {exc}); the run itself is complete.\n"
+              f"Make the report with: python -m analysis.report {run_dir}", file=sys.stderr)  # fmt: skip
+        return None
+    print(f"report: {path}")
+    return path
+
+
+def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: Path, train_seconds: float) -> dict:
+    """Export the DynamicViT, evaluate it against the static backbone, write eval.parquet and the summaries."""
+    from agents import evaluate_agent, export_policy
+    from vitskip_env import DynamicViT, make_dataset
+    from vitskip_env.measure import compare_speed, score
+
+    backbone = env.unwrapped.backbone
+    dyn = DynamicViT(backbone, export_policy(model, env)).eval()
+    dyn.save(run_dir / "dynamic_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
+    result = evaluate_agent(model, {**kwargs, "backbone": backbone}, n_images=args.final_eval_images, return_episodes=True)
+    episodes = result.pop("episodes")
+    _write_eval_parquet(run_dir / "eval.parquet", episodes, env.unwrapped.dataset)
+
+    ds = env.unwrapped.dataset
+    test = make_dataset(ds.name, "test", args.data_root, False, backbone_device(backbone))
+    static = score(backbone, test, n_images=args.final_eval_images)
+    dynamic = score(dyn, test, n_images=args.final_eval_images)
+    n = static.n_images
+    speed = {}
+    for bs in args.speed_batch_sizes:
+        batches = [test.normalize(test.images[i * bs : (i + 1) * bs]) for i in range(max(1, min(8, 2048 // bs)))]
+        speed[bs] = compare_speed({"static": backbone, "dynamic": dyn}, batches, rounds=5)
+    summary = {
+        "env": args.env, "algo": args.algo, "seed": args.seed, "total_timesteps": int(model.num_timesteps),
+        "train_minutes": round(train_seconds / 60, 2), "depth": backbone.depth, "test_images": n,
+        "top1_static": static.top1, "top1_dynamic": dynamic.top1,
+        "executed_blocks": dynamic.executed_blocks, "executed_frac": dynamic.executed_frac,
+        "agent_top1": result["top1"], "difficulty_corr": result.get("difficulty_corr"),
+        "block_rates": result["block_rates"], "mean_return": result["mean_return"],
+        "speed": {str(bs): v for bs, v in speed.items()},
+        "threads": torch.get_num_threads(), "device": str(backbone_device(backbone)),
+    }  # fmt: skip
+    summary = _finite(summary)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "summary.md", _summary_md(summary))
+    return summary
+
+
+def backbone_device(backbone: torch.nn.Module) -> torch.device:
+    return next(backbone.parameters()).device
+
+
+def _write_eval_parquet(path: Path, ep: dict[str, np.ndarray], dataset: Any) -> None:
+    """One row per image x block: the tidy skip frame the analysis package reads (columns: ``analysis.frames``)."""
+    frame = from_episodes(ep, list(dataset.classes))
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _summary_md(s: dict) -> str:
+    lines = [
+        f"# {s['env']} · {s['algo']} · seed {s['seed']}",
+        "",
+        f"{s['total_timesteps']:,} env steps in {s['train_minutes']} min; test split, {s['test_images']:,} images, "
+        f"deterministic policy; {s['threads']} threads on {s['device']}.",
+        "",
+        "| model | top-1 (%) | executed blocks | of depth |",
+        "|---|---:|---:|---:|",
+        f"| static backbone | {s['top1_static']:.2f} | {s['depth']} | 1.00 |",
+        f"| DynamicViT | {s['top1_dynamic']:.2f} | {s['executed_blocks']:.2f} | {s['executed_frac']:.2f} |",
+        "",
+        "| batch | static img/s | dynamic img/s | speed-up (median of interleaved rounds) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for bs, v in s["speed"].items():
+        lines.append(f"| {bs} | {v['static']['images_per_s']:,.0f} | {v['dynamic']['images_per_s']:,.0f} | "
+                     f"{v['dynamic']['speedup']:.2f}x |")  # fmt: skip
+    if s.get("difficulty_corr") is not None:
+        lines += ["", f"Rank correlation of difficulty and executed blocks: {s['difficulty_corr']:+.3f}."]
+    rates = " ".join(f"{r:.2f}" for r in s["block_rates"])
+    lines += ["", f"Execute rate per block: {rates}", ""]
+    return "\n".join(lines)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / infinity (e.g. the difficulty correlation of a policy that never skips) as None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
