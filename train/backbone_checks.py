@@ -107,6 +107,7 @@ def plan_run(outputs: Outputs, args: Any) -> dict[str, Any] | None:
         ckpt = read_checkpoint(ckpt_path)
         run_epochs = int(ckpt.get("epochs", args.epochs))
         if ckpt["epoch"] < min(run_epochs, args.epochs):
+            check_same_training(ckpt, args, ckpt_path)
             return ckpt
         if args.overwrite:
             return None
@@ -129,6 +130,34 @@ def plan_run(outputs: Outputs, args: Any) -> dict[str, Any] | None:
             )
         raise FileExistsError(f"{out.parent}/ already holds {existing}; give a new --out, or pass --overwrite to replace them")
     return None
+
+
+#: Arguments that decide the rest of a training: a resume must give the ones it was started with
+#: (another preset or stem is refused after the model is built, with both architectures described).
+TRAINING_ARGS = (
+    "dataset", "batch_size", "lr", "warmup_epochs", "min_lr_ratio", "weight_decay",
+    "label_smoothing", "block_drop", "curriculum_epochs", "curriculum_start", "augment", "train_images", "seed",
+)  # fmt: skip
+
+
+def check_same_training(ckpt: dict[str, Any], args: Any, path: Path) -> None:
+    """Refuse to resume ``ckpt`` under arguments that would change its image order or schedule.
+
+    Raises:
+        ValueError: a training argument differs from the one the checkpoint was made with (each named,
+            with both values); checkpoints that recorded no arguments are not checked.
+    """
+    made = ckpt.get("args")
+    if not isinstance(made, dict):
+        return
+    now = vars(args) if not isinstance(args, dict) else args
+    changed = [f"--{k.replace('_', '-')} {now.get(k)!r} (was {made[k]!r})" for k in TRAINING_ARGS
+               if k in made and now.get(k) != made[k]]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"{path} was made with other training arguments: {', '.join(changed)}; resume it with the ones it was "
+            "made with, give another --out, or pass --no-resume --overwrite to start over"
+        )
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

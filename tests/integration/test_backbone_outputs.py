@@ -149,6 +149,27 @@ def test_an_interrupted_training_past_a_lower_epochs_says_how_to_finish_it(
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("batch_size", 32, "--batch-size 32"),
+        ("seed", 5, "--seed 5"),
+        ("lr", 1e-3, "--lr 0.001"),
+        ("block_drop", 0.0, "--block-drop 0.0"),
+    ],
+)
+def test_an_interrupted_training_is_not_resumed_under_other_training_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value, flag: str
+) -> None:
+    out = tmp_path / "bb.safetensors"
+    _interrupted(out, monkeypatch)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=rf"made with other training arguments: {flag} \(was .*--no-resume --overwrite"):
+        train_backbone.main(_args(out, **{field: value}))  # would silently change the image order or the schedule
+    assert _snapshot(tmp_path) == before
+    assert train_backbone.main(_args(out, eval_images=32, threads=1)) == out  # evaluation-only flags may change
+
+
 def test_an_out_that_is_a_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bb.safetensors").mkdir()
     with pytest.raises(ValueError, match=r"is a folder; give the backbone file to write"):
