@@ -12,19 +12,22 @@ from fakedata import write_mini_cifar10, write_mini_cifar100, write_mini_tiny
 #: Generated ``shapes`` splits persist here between test sessions (git-ignored ``.cache/``). Their file
 #: names hash the generator version and the torch version, so a stale file is never read; generating
 #: the 10k-image test split costs 5-15 s on two CPU cores, which every session would otherwise pay.
-SHAPES_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-shapes"
+#: Rendered built-in datasets kept across test sessions (the cache validates itself when read).
+PROCEDURAL_CACHES = {name: Path(__file__).resolve().parents[1] / ".cache" / f"test-{name}" for name in ("shapes", "relations")}
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the package's cache at a per-session tmp folder (shapes cache shared across tests and sessions)."""
+    """Point the package's cache at a per-session tmp folder (built-in dataset caches shared across sessions)."""
     home = tmp_path_factory.getbasetemp() / "vitskip_home"
-    shapes = home / "shapes"
-    if not shapes.exists():
+    for name, shared in PROCEDURAL_CACHES.items():
+        link = home / name
+        if link.exists():
+            continue
         home.mkdir(parents=True, exist_ok=True)
         try:
-            SHAPES_CACHE.mkdir(parents=True, exist_ok=True)
-            shapes.symlink_to(SHAPES_CACHE, target_is_directory=True)
+            shared.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(shared, target_is_directory=True)
         except OSError:
             pass  # read-only checkout: the session generates its own copy under `home`
     monkeypatch.setenv("VITSKIP_HOME", str(home))

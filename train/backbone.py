@@ -34,7 +34,7 @@ import tyro
 from tqdm import tqdm
 
 from vitskip_env import SkippableViT, load_backbone, make_dataset
-from vitskip_env.data.augment import random_crop_flip
+from vitskip_env.data.augment import augment_kwargs, random_crop_flip
 from vitskip_env.files import atomic_path, atomic_write_text
 from vitskip_env.measure import random_skip_top1, score
 from vitskip_env.model import user_backbone_path
@@ -77,7 +77,7 @@ class Args:
     curriculum_start: float = 0.35
     """highest difficulty admitted in the first epoch; the limit rises linearly to 1"""
     augment: bool = True
-    """random crop (pad 4) + horizontal flip"""
+    """random crop (pad 4) + horizontal flip; on relations a pad-2 crop only (a flip would change the label)"""
     train_images: int | None = None
     """use only the first N images of the (shuffled) training split, for quick runs"""
     eval_every: int = 2
@@ -278,7 +278,7 @@ def _train_step(ddp, model: SkippableViT, opt, train, idx: torch.Tensor, args: A
     """One AdamW step on the images ``idx``; each image skips each block with probability ``block_drop``."""
     images = train.images[idx]
     if args.augment:
-        images = random_crop_flip(images, generator=g)
+        images = random_crop_flip(images, generator=g, **augment_kwargs(train.name))
     x = train.normalize(images)
     mask = None
     if args.block_drop > 0:

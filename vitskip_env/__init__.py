@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 #: Registered id -> dataset name (ids differ only in ``kwargs``).
 ENV_IDS: dict[str, str] = {
     "ViTSkip-Shapes-v0": "shapes",
+    "ViTSkip-Relations-v0": "relations",
     "ViTSkip-CIFAR10-v0": "cifar10",
     "ViTSkip-CIFAR100-v0": "cifar100",
     "ViTSkip-TinyImageNet-v0": "tinyimagenet",

@@ -31,7 +31,7 @@ from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
 from vitskip_env.data import ImageDataset
-from vitskip_env.data.augment import random_crop_flip
+from vitskip_env.data.augment import augment_kwargs, random_crop_flip
 from vitskip_env.model import SkippableViT, class_token_ready, run_block_class_token
 from vitskip_env.model.costs import CostModel, block_costs
 
@@ -370,7 +370,7 @@ def finetune(
 ) -> SkippableViT:
     """A short AdamW fine-tune of ``model`` (e.g. a pruned subset) on ``train``, in place; returned in eval mode.
 
-    Random batches with crop + flip augmentation (:func:`vitskip_env.data.augment.random_crop_flip`),
+    Random batches with the dataset's crop (+ flip) augmentation (:func:`vitskip_env.data.augment.augment_kwargs`),
     label smoothing, cosine decay from ``lr`` to 0 and gradient clipping at 1, like ``train/backbone.py``
     but without its warm-up, curriculum and block dropping (the subset is static).
     """
@@ -384,7 +384,7 @@ def finetune(
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(train), (batch_size,), device=device, generator=g)
-        x = train.normalize(random_crop_flip(train.images[idx], generator=g))
+        x = train.normalize(random_crop_flip(train.images[idx], generator=g, **augment_kwargs(train.name)))
         loss = F.cross_entropy(model(x), train.labels[idx], label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: Label-preserving augmentation per dataset, where the default (pad 4, flip) would change the label:
+#: a flip swaps which ``relations`` key is on the left, and a wide reflected crop can mirror a key.
+AUGMENT_KWARGS: dict[str, dict[str, int | bool]] = {"relations": {"pad": 2, "flip": False}}
+
+
+def augment_kwargs(dataset: str) -> dict[str, int | bool]:
+    """Keyword arguments of :func:`random_crop_flip` that keep ``dataset``'s labels true."""
+    return dict(AUGMENT_KWARGS.get(dataset, {"pad": 4, "flip": True}))
+
 
 def random_crop_flip(
     images: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None

@@ -5,7 +5,7 @@
 backbone never sees uint8: :meth:`ImageDataset.normalize` turns a slice into the float input the
 backbone expects, on the fly, so a whole split costs one byte per pixel on the device.
 
-Registered names: ``shapes`` (built in, offline), ``digits`` (scikit-learn's bundled digits,
+Registered names: ``shapes`` and ``relations`` (built in, offline), ``digits`` (scikit-learn's bundled digits,
 optional), ``cifar10``, ``cifar100`` (torchvision's loaders) and ``tinyimagenet`` (the standard
 ``tiny-imagenet-200/`` folder).
 """
@@ -20,18 +20,21 @@ from pathlib import Path
 import torch
 
 from ..files import default_root
-from . import real, shapes
+from . import real, relations, shapes
 from .dataset import VAL_HOLDOUT, ImageDataset, Split
 
 Loader = Callable[[str, Path, bool], ImageDataset]
 _LOADERS: dict[str, Loader] = {
     "shapes": shapes.load_shapes,
+    "relations": relations.load_relations,
     "cifar10": real.load_cifar10,
     "cifar100": real.load_cifar100,
     "tinyimagenet": real.load_tinyimagenet,
     "digits": real.load_digits,
 }
 _CACHE: dict[tuple, ImageDataset] = {}
+#: Built-in datasets that render their own ``val`` split and ignore ``root``.
+_PROCEDURAL = frozenset({"shapes", "relations"})
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
@@ -70,8 +73,8 @@ def make_dataset(
     Args:
         name: One of :func:`available_datasets` (case-insensitive; ``"cifar-100"`` also works).
         split: ``"train"``, ``"val"`` or ``"test"``. ``val`` is for model selection (NSGA-II fitness,
-            early stopping) so that ``test`` stays untouched: ``shapes`` renders its own 5k images from
-            a disjoint seed; the other datasets hold out the last :data:`VAL_HOLDOUT` (at most a tenth) images of
+            early stopping) so that ``test`` stays untouched: ``shapes`` and ``relations`` render their own 5k
+            images from a disjoint seed; the other datasets hold out the last :data:`VAL_HOLDOUT` (at most a tenth) images of
             ``train`` (a backbone trained on the full train split has seen them, so their ``val``
             accuracy is optimistic). Tiny-ImageNet's labelled ``val`` folder is its ``"test"``.
         root: Folder holding real datasets; default ``$VITSKIP_DATA`` or the user cache folder.
@@ -92,7 +95,7 @@ def make_dataset(
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     root_path = Path(root).expanduser() if root is not None else default_root()
     device = torch.device(device)
-    key = (key_name, split, str(root_path.resolve()) if key_name != "shapes" else "", str(device))
+    key = (key_name, split, str(root_path.resolve()) if key_name not in _PROCEDURAL else "", str(device))
     if key not in _CACHE:
         cpu_key = (*key[:3], "cpu")
         ds = _CACHE.get(cpu_key) or _load(key_name, split, root_path, download)
@@ -102,7 +105,7 @@ def make_dataset(
 
 
 def _load(name: str, split: str, root: Path, download: bool) -> ImageDataset:
-    if split != "val" or name == "shapes":
+    if split != "val" or name in _PROCEDURAL:
         return _LOADERS[name](split, root, download)
     train = make_dataset(name, "train", root, download)
     tail = slice(len(train) - min(VAL_HOLDOUT, len(train) // 10), None)

@@ -22,18 +22,15 @@ result is cached in memory and on disk (``cache_dir()/shapes``).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._npz import CacheError, read_npz, write_npz
-from .dataset import HALF, ImageDataset
+from .dataset import ImageDataset
+from .procedural import Generator, balanced_labels
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "circle",
@@ -187,8 +184,7 @@ def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
     g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % len(SHAPE_CLASSES)
-    labels = labels[torch.randperm(n, generator=g)]
+    labels = balanced_labels(n, len(SHAPE_CLASSES), g)
     images = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     difficulty = torch.empty(n, dtype=torch.float32)
     for start in range(0, n, _CHUNK):
@@ -196,6 +192,10 @@ def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chunk_g = torch.Generator().manual_seed(seed * 1_000_003 + start)
         images[start:stop], difficulty[start:stop] = _render_chunk(stop - start, labels[start:stop], chunk_g)
     return images.numpy(), labels.numpy().astype(np.int64), difficulty.numpy()
+
+
+# ``render`` is looked up at call time, so that a patched module-level ``render`` is the one used.
+GENERATOR = Generator("shapes", SHAPE_CLASSES, lambda n, seed: render(n, seed), SPLIT_SIZES, SPLIT_SEEDS, GENERATOR_VERSION)
 
 
 def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,67 +208,9 @@ def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True
             damaged or does not hold exactly this split (length, dtypes, label range) is regenerated
             with a ``RuntimeWarning`` naming it; cache files are never unpickled.
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"shapes split must be one of {sorted(SPLIT_SIZES)}, got {split!r}")
-    n = SPLIT_SIZES[split] if n is None else n
-    if n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n}")
-    seed = SPLIT_SEEDS[split]
-    if not use_disk_cache:
-        return render(n, seed)
-    from ..files import cache_dir
-
-    path = cache_dir() / "shapes" / f"shapes-{split}-{n}-{_cache_tag(n, seed)}.npz"
-    if path.exists():
-        try:
-            return _read_cache(path, n)
-        except CacheError as err:
-            warnings.warn(f"shapes cache {path} cannot be used ({err}); regenerating it", RuntimeWarning, stacklevel=2)
-    images, labels, difficulty = render(n, seed)
-    with contextlib.suppress(OSError):  # a read-only cache folder only costs regeneration time
-        write_npz(path, {"images": images, "labels": labels, "difficulty": difficulty})
-    return images, labels, difficulty
-
-
-def _cache_tag(n: int, seed: int) -> str:
-    """Hash of everything the rendered pixels depend on, so a stale cache file is never even opened."""
-    key = f"{GENERATOR_VERSION}-{n}-{seed}-{torch.__version__.split('+')[0]}"
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
-def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cached split if ``path`` holds exactly what :func:`render` returns for ``n`` images.
-
-    Raises:
-        CacheError: Unreadable, wrong dtype or length, labels outside the classes, or a difficulty
-            outside [0, 1].
-    """
-    z = read_npz(
-        path,
-        {
-            "images": (np.uint8, (n, 3, IMAGE_SIZE, IMAGE_SIZE)),
-            "labels": (np.int64, (n,)),
-            "difficulty": (np.float32, (n,)),
-        },
-    )
-    labels, difficulty = z["labels"], z["difficulty"]
-    if labels.min() < 0 or labels.max() >= len(SHAPE_CLASSES):
-        raise CacheError(f"labels span {labels.min()}..{labels.max()}; expected 0..{len(SHAPE_CLASSES) - 1}")
-    if not ((difficulty >= 0.0) & (difficulty <= 1.0)).all():  # also rejects NaN
-        raise CacheError("difficulty has values outside [0, 1]")
-    return z["images"], labels, difficulty
+    return GENERATOR.split(split, n, use_disk_cache)
 
 
 def load_shapes(split: str, root: Path, download: bool) -> ImageDataset:
     """The ``shapes`` loader of the registry (``root`` and ``download`` are unused: it renders offline)."""
-    images, labels, difficulty = generate_split(split)
-    return ImageDataset(
-        "shapes",
-        split,
-        torch.from_numpy(images),
-        torch.from_numpy(labels),
-        list(SHAPE_CLASSES),
-        HALF,
-        HALF,
-        torch.from_numpy(difficulty),
-    )
+    return GENERATOR.load(split, root, download)

@@ -52,6 +52,7 @@ from .sampling import SAMPLING_MODES, Sampling
 #: Preset used when ``backbone`` is ``None`` or ``"random"``.
 DEFAULT_PRESET: dict[str, str] = {
     "shapes": "demo",
+    "relations": "demo",
     "digits": "demo",
     "cifar10": "tiny",
     "cifar100": "tiny",

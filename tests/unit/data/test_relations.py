@@ -1,0 +1,130 @@
+"""The built-in relations dataset: labels that are true of the scene, determinism, disjoint splits,
+balance, a difficulty that follows the generator's factors, and a cache that repairs itself."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakedata import DAMAGES, damage
+
+from vitskip_env import make_dataset
+from vitskip_env.data import cache_dir, relations
+from vitskip_env.data.augment import augment_kwargs, random_crop_flip
+from vitskip_env.data.shapes import SHAPE_CLASSES
+
+N = 96
+
+
+@pytest.fixture(scope="module")
+def scenes() -> dict[str, np.ndarray]:
+    return relations.render_scenes(1200, seed=11)
+
+
+def test_render_is_a_pure_function_of_seed() -> None:
+    a, b, c = relations.render(N, 5), relations.render(N, 5), relations.render(N, 6)
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_format_balance_and_class_names(scenes: dict[str, np.ndarray]) -> None:
+    images, labels = scenes["images"], scenes["labels"]
+    assert images.shape == (1200, 3, 32, 32) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert np.bincount(labels, minlength=24).tolist() == [50] * 24
+    assert len(set(relations.RELATION_CLASSES)) == 24
+    assert relations.class_name(0) == "circle left, below, different colour"
+    assert relations.class_name(23) == "star left, above, same colour"
+    with pytest.raises(ValueError, match=r"0\.\.23"):
+        relations.decode(24)
+
+
+def test_every_label_is_true_of_the_drawn_scene(scenes: dict[str, np.ndarray]) -> None:
+    """Left key left of the right one, above/below and same colour as the label says, the left kind named."""
+    xy, kinds, colours, labels = scenes["key_xy"], scenes["key_kind"], scenes["key_colour"], scenes["labels"]
+    assert (xy[:, 0, 0] < xy[:, 1, 0]).all()
+    above = labels // 2 % 2 == 1
+    assert ((xy[:, 0, 1] < xy[:, 1, 1]) == above).all()  # image rows grow downwards
+    assert ((colours[:, 0] == colours[:, 1]) == (labels % 2 == 1)).all()
+    assert (kinds[:, 0] == np.asarray(relations.KEY_KINDS)[labels // 4]).all()
+    # The keys are drawn where the scene says, in their colour (checked on the clean images).
+    easy = np.flatnonzero(scenes["factors"][:, [3, 4]].max(1) < 0.2)  # little noise, little fading
+    assert easy.size > 20
+    for i in easy:
+        for key in (0, 1):
+            x, y = np.clip(xy[i, key].round().astype(int), 0, 31)
+            if SHAPE_CLASSES[kinds[i, key]] == "ring":  # a ring's centre is background
+                continue
+            pixel = scenes["images"][i, :, y, x] / 255.0
+            assert np.abs(pixel - relations.PALETTE[colours[i, key]].numpy()).max() < 0.25, (i, key)
+
+
+def test_keys_never_cover_each_other(scenes: dict[str, np.ndarray]) -> None:
+    xy, radius = scenes["key_xy"], scenes["key_radius"]
+    dist = np.linalg.norm(xy[:, 0] - xy[:, 1], axis=1)
+    assert (dist >= 1.9 * radius.max(1) - 1e-4).all()
+    lo, hi = radius.max(1)[:, None] + 1 - 1e-4, 31 - radius.max(1)[:, None] + 1e-4
+    assert ((xy >= lo[:, :, None]) & (xy <= hi[:, :, None])).all()  # whole keys, inside the image
+
+
+def test_difficulty_is_the_mean_of_the_factors_and_follows_them(scenes: dict[str, np.ndarray]) -> None:
+    factors = scenes["factors"]
+    _, _, difficulty = relations.render(1200, 11)
+    assert np.allclose(difficulty, factors.mean(1), atol=1e-6)
+    assert difficulty.min() >= 0 and difficulty.max() <= 1 and difficulty.std() > 0.15
+    f = dict(zip(relations.FACTORS, factors.T, strict=True))
+    gap = np.abs(scenes["key_xy"][:, 0] - scenes["key_xy"][:, 1]).min(1)
+    assert _spearman(f["margin"], gap) < -0.25  # closer keys (the rest of the gap is uniform on purpose)
+    assert _spearman(f["size"], scenes["key_radius"].mean(1)) < -0.8  # smaller keys
+    assert _spearman(f["clutter"], scenes["distractors"]) > 0.8  # more distractors
+    x = scenes["images"].astype(np.float32) / 255
+    assert _spearman(f["noise"], np.abs(np.diff(x, axis=-1)).mean(axis=(1, 2, 3))) > 0.4  # noisier pixels
+
+
+def test_splits_are_disjoint_and_seeded_apart_from_shapes() -> None:
+    splits = {s: relations.generate_split(s, n=600, use_disk_cache=False)[0] for s in ("train", "val", "test")}
+    digests = [{hashlib.sha1(img.tobytes()).hexdigest() for img in imgs} for imgs in splits.values()]
+    assert len(set.union(*digests)) == sum(len(d) for d in digests)
+    from vitskip_env.data import shapes
+
+    assert not set(relations.SPLIT_SEEDS.values()) & set(shapes.SPLIT_SEEDS.values())
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_cache_is_regenerated(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = relations.render(N, relations.SPLIT_SEEDS["test"])
+    relations.generate_split("test", n=N)
+    (path,) = (cache_dir() / "relations").glob(f"relations-test-{N}-*.npz")
+    damage(path, how)
+    with pytest.warns(RuntimeWarning, match=re.escape(str(path))):
+        got = relations.generate_split("test", n=N)
+    for x, y in zip(got, fresh, strict=True):
+        assert np.array_equal(x, y)
+    monkeypatch.setattr(relations, "render", lambda *a, **k: pytest.fail("the regenerated cache was not reused"))
+    assert np.array_equal(relations.generate_split("test", n=N)[1], fresh[1])
+
+
+def test_registered_and_loaded_like_the_other_datasets(tmp_path: Path) -> None:
+    ds = make_dataset("relations", "val", root=tmp_path)
+    assert len(ds) == 5000 and ds.num_classes == 24 and ds.classes == list(relations.RELATION_CLASSES)
+    assert ds.difficulty is not None and ds.difficulty.shape == (5000,)
+    assert make_dataset("Relations", "val") is ds  # root is ignored: rendered, not read from a folder
+
+
+def test_training_augmentation_keeps_the_label() -> None:
+    """A horizontal flip would swap which key is on the left: relations trains without one."""
+    kwargs = augment_kwargs("relations")
+    assert kwargs == {"pad": 2, "flip": False} and augment_kwargs("shapes")["flip"] is True
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    images[..., 12:20, 2:8] = 255  # an object near the left edge
+    out = random_crop_flip(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert (out[..., :, 16:].float().sum((1, 2, 3)) == 0).all()  # never moved to the right half
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
