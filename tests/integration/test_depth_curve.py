@@ -74,5 +74,5 @@ def test_files_written_and_summary_compares_full_with_half_depth(record: tuple[d
 
 def test_too_deep_for_an_exhaustive_search_says_what_to_use() -> None:
     assert depth_curve.all_subsets(3).shape == (7, 3) and not np.any(depth_curve.all_subsets(3).sum(1) == 0)
-    with pytest.raises(ValueError, match="nsga2.py --search layers"):
+    with pytest.raises(ValueError, match=r"nsga2\.py --search layers"):
         depth_curve.all_subsets(13)
