@@ -8,6 +8,7 @@ label smoothing, random crop + flip, and (on datasets with a known per-image dif
 scratch take off in a few hundred steps instead of idling at chance.
 
     python train/backbone.py                                   # shapes + demo -> the default backbone
+    python train/backbone.py --dataset relations --epochs 40   # the shipped relations backbone
     python train/backbone.py --dataset cifar100 --preset tiny --data-root ~/data --download
     torchrun --nproc-per-node 2 train/backbone.py --epochs 1   # data parallel (gloo on CPU)
 
@@ -43,7 +44,7 @@ from vitskip_env.model import user_backbone_path
 @dataclass
 class Args:
     dataset: str = "shapes"
-    """dataset name (shapes, digits, cifar10, cifar100, tinyimagenet)"""
+    """dataset name (shapes, relations, digits, cifar10, cifar100, tinyimagenet)"""
     preset: str = "demo"
     """model preset (micro, demo, tiny, small, base) or any timm ViT/DeiT name"""
     stem: str | None = None

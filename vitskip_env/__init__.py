@@ -5,7 +5,7 @@ plugins, so registration happens on import) and nothing more: it imports neither
 The public names below load on first use (PEP 562), from the wing that owns them:
 
 - ``vitskip_env.model``: ``SkippableViT``, ``load_backbone``, presets, file formats (timm lives here);
-- ``vitskip_env.data``: ``make_dataset``, ``ImageDataset``, the built-in ``shapes`` and real datasets;
+- ``vitskip_env.data``: ``make_dataset``, ``ImageDataset``, the built-in ``shapes`` and ``relations``, real datasets;
 - ``vitskip_env.observations`` / ``vitskip_env.rules``: the contract the env and deployment share;
 - ``vitskip_env.env``: ``SkipCore``, ``ViTSkipEnv``, ``ViTSkipVectorEnv``, options, rewards;
 - ``vitskip_env.deploy``: ``SkipPolicy``, ``DynamicViT``;

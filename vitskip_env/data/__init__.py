@@ -1,7 +1,8 @@
 """The data wing: datasets as uint8 tensors on the device.
 
-``dataset.py`` (``ImageDataset``, normalisation constants) <- ``shapes.py`` (the built-in procedural
-dataset), ``real.py`` (CIFAR, Tiny-ImageNet, digits) <- ``registry.py`` (``make_dataset``,
+``dataset.py`` (``ImageDataset``, normalisation constants) <- ``procedural.py`` (the split cache of the
+built-in procedural datasets) <- ``shapes.py`` (one object per image) <- ``relations.py`` (relations
+between objects); ``real.py`` (CIFAR, Tiny-ImageNet, digits) <- ``registry.py`` (``make_dataset``,
 ``register_dataset``); ``augment.py`` holds training-time augmentation. No module imports one above it.
 """
 

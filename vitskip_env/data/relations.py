@@ -1,26 +1,28 @@
 """``relations``: a built-in procedural task whose class depends on relations between objects.
 
-Each 32x32 RGB scene holds two large **key** objects and up to five small distractors. The class
-answers three questions about the two keys at once:
+Each 32x32 RGB scene holds three key objects, one **red**, one green, blue or yellow **nearer** to
+the red one and one **farther** from it (the third colour), plus up to five small distractors in
+muted colours. The class is about the object nearest to the red one:
 
-- the **kind of the left key** (circle, square, triangle, plus, ring or star; the right key's kind
-  is random and may be the same),
-- whether the left key is **above** the right one,
-- whether the two keys have the **same colour** (four palette colours).
+- its **kind** (circle, square, triangle, plus, ring or star; the other two keys' kinds are random),
+- its **colour** (green, blue or yellow),
+- whether it lies **left** of the red object.
 
-6 x 2 x 2 = 24 balanced classes. No single patch holds the answer: a model has to find both keys,
-compare their positions and colours, and read the kind of the one that is further left, so
-information has to be combined across patches (attention over several layers), unlike ``shapes``
-where one object's silhouette is the class.
+6 x 3 x 2 = 36 balanced classes. Which object that is depends on where the red one is: a model
+has to find the red object, compare the other two objects' distances to it, and only then read
+the nearer one's kind, colour and side. That is two dependent steps of gathering information
+across patches (attention that depends on what earlier attention found), unlike ``shapes``, where
+one object's silhouette is the class. A model that cannot compare the distances can still pick one
+of the two candidates (about half of the top-1), so the task can be learned step by step.
 
 Every sample has a difficulty in [0, 1], the mean of the five factors actually used to draw it:
 
 ==============  ========================================================================
 factor          what grows with it
 ==============  ========================================================================
-margin          the keys come closer in x and in y (smallest gap 8 px -> 2 px)
-size            the keys shrink (radius ~6.2 px -> ~4.8 px)
-clutter         more distractors (0 -> 5), larger (radius ~1.5 -> ~2.7 px), more often in a key colour
+margin          the distances to red become alike (farther / nearer about 2.0 -> 1.15)
+size            the keys shrink (radius ~5.2 px -> ~4.0 px)
+clutter         more distractors (0 -> 5), larger (radius ~1.5 -> ~2.7 px)
 noise           per-pixel Gaussian noise (sigma 0.02 -> 0.09)
 contrast        key colours fade towards the background and are jittered
 ==============  ========================================================================
@@ -45,7 +47,7 @@ from .shapes import SHAPE_CLASSES, _shape_mask, _unit_vectors
 
 #: Shape kinds a key can have (indices into ``shapes.SHAPE_CLASSES``).
 KEY_KINDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
-#: The four key colours (RGB in [0, 1]): red, green, blue, yellow.
+#: The key colours (RGB in [0, 1]): red (the anchor), green, blue, yellow.
 PALETTE = torch.tensor([[0.92, 0.16, 0.14], [0.14, 0.78, 0.22], [0.20, 0.32, 0.96], [0.96, 0.86, 0.12]])
 COLOUR_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow")
 MAX_DISTRACTORS = 5
@@ -54,33 +56,40 @@ SPLIT_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
 #: Disjoint from each other and from the ``shapes`` seeds.
 SPLIT_SEEDS = {"train": 31_261_129, "val": 51_261_129, "test": 81_261_129}
 #: Bump when rendering changes, so stale disk caches are never reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FACTORS: tuple[str, ...] = ("margin", "size", "clutter", "noise", "contrast")
+NUM_CLASSES = len(KEY_KINDS) * (len(PALETTE) - 1) * 2
 _SS = 2
 _CHUNK = 2_000
+_MAX_TRIES = 2_000
+
+
+def decode(label: int) -> tuple[int, int, bool]:
+    """``(kind index into KEY_KINDS, colour index into PALETTE (1-3), left of red)`` of the nearest object."""
+    if not 0 <= label < NUM_CLASSES:
+        raise ValueError(f"relations label must be in 0..{NUM_CLASSES - 1}, got {label}")
+    return label // 6, 1 + label // 2 % 3, bool(label % 2)
+
+
+def decode_tensor(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`decode` of a label tensor: kind indices, colour indices, left-of-red booleans."""
+    return labels // 6, 1 + labels // 2 % 3, (labels % 2).bool()
 
 
 def class_name(label: int) -> str:
-    """``"circle left, above, same colour"`` for a label in ``0..23``."""
-    kind, above, same = decode(label)
-    return f"{SHAPE_CLASSES[KEY_KINDS[kind]]} left, {'above' if above else 'below'}, {'same' if same else 'different'} colour"
+    """``"nearest to red: green circle, left"`` for a label in ``0..35``."""
+    kind, colour, left = decode(label)
+    return f"nearest to red: {COLOUR_NAMES[colour]} {SHAPE_CLASSES[KEY_KINDS[kind]]}, {'left' if left else 'right'}"
 
 
-def decode(label: int) -> tuple[int, bool, bool]:
-    """``(left key kind index into KEY_KINDS, left key above, same colour)`` of a label."""
-    if not 0 <= label < len(KEY_KINDS) * 4:
-        raise ValueError(f"relations label must be in 0..{len(KEY_KINDS) * 4 - 1}, got {label}")
-    return label // 4, bool(label // 2 % 2), bool(label % 2)
-
-
-RELATION_CLASSES: tuple[str, ...] = tuple(class_name(i) for i in range(len(KEY_KINDS) * 4))
+RELATION_CLASSES: tuple[str, ...] = tuple(class_name(i) for i in range(NUM_CLASSES))
 
 
 def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render ``n`` scenes deterministically from ``seed`` (no caching).
 
     Returns:
-        ``images`` uint8 (n, 3, 32, 32), ``labels`` int64 (n,) balanced over the 24 classes,
+        ``images`` uint8 (n, 3, 32, 32), ``labels`` int64 (n,) balanced over the 36 classes,
         ``difficulty`` float32 (n,) in [0, 1] (the mean of the five factors).
     """
     scenes = render_scenes(n, seed)
@@ -90,10 +99,10 @@ def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def render_scenes(n: int, seed: int) -> dict[str, np.ndarray]:
     """As :func:`render`, with what was drawn: one array per name, row ``i`` describing image ``i``.
 
-    ``images``, ``labels``; ``factors`` (n, 5) in the order of :data:`FACTORS`; ``key_xy`` (n, 2, 2)
-    the centres (x, y) in pixels of the left and the right key; ``key_radius`` (n, 2);
-    ``key_kind`` (n, 2) indices into ``shapes.SHAPE_CLASSES``; ``key_colour`` (n, 2) indices into
-    :data:`PALETTE`; ``distractors`` (n,) their number. Useful for analysis (which relation or
+    ``images``, ``labels``; ``factors`` (n, 5) in the order of :data:`FACTORS`; for the red key, the
+    nearer and the farther one (in that order): ``key_xy`` (n, 3, 2) centres (x, y) in pixels,
+    ``key_radius`` (n, 3), ``key_kind`` (n, 3) indices into ``shapes.SHAPE_CLASSES``, ``key_colour``
+    (n, 3) indices into :data:`PALETTE`; ``distractors`` (n,) their number. Useful for analysis (which relation or
     factor a policy spends depth on) and for checking the labels.
     """
     if n < 1:
@@ -142,26 +151,46 @@ def _paint(img: torch.Tensor, mask: torch.Tensor, colour: torch.Tensor) -> torch
     return torch.lerp(img, colour[:, :, None, None].expand_as(img), _alpha(mask))
 
 
-def _key_positions(left_above: torch.Tensor, radius: torch.Tensor, f_margin: torch.Tensor, g: torch.Generator):
-    """Centres of the left and right keys: left strictly left, above/below as the label says."""
+def _place(
+    label_left: torch.Tensor, radius: torch.Tensor, f_margin: torch.Tensor, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres ``(n, 3, 2)`` of red, the object nearer to it and the farther one, and the margin used.
+
+    Red anywhere; the nearer object at ``1.9 * radius`` to that plus 6 px from it, on the side the
+    label says; the farther one about ``ratio`` times as far (``ratio`` 2.0 for margin 0 down to
+    1.15 for margin 1). A row whose objects leave the image or overlap is drawn again; a row that
+    keeps failing (a large ratio does not fit in 32 px) gets a smaller ratio. The returned margin
+    factor is computed from the distances actually drawn, so it says what the image looks like.
+    """
     n = radius.shape[0]
     r_max = radius.max(1).values
     lo, hi = r_max + 1.0, IMAGE_SIZE - r_max - 1.0
-    span = hi - lo
-    margin = 8.0 - 6.0 * f_margin
-    gap_x = margin + torch.rand(n, generator=g) * (span - margin).clamp_min(0)
-    gap_y = margin + torch.rand(n, generator=g) * (span - margin).clamp_min(0)
-    # Keys may touch but not cover each other: push them apart along their own direction.
-    need = 1.9 * r_max
-    dist = torch.sqrt(gap_x**2 + gap_y**2)
-    grow = (need / dist).clamp_min(1.0)
-    gap_x, gap_y = torch.minimum(gap_x * grow, span), torch.minimum(gap_y * grow, span)
-    mid_x = lo + gap_x / 2 + torch.rand(n, generator=g) * (span - gap_x)
-    mid_y = lo + gap_y / 2 + torch.rand(n, generator=g) * (span - gap_y)
-    x_left, x_right = mid_x - gap_x / 2, mid_x + gap_x / 2
-    sign = torch.where(left_above, -1.0, 1.0)  # image rows grow downwards: above = smaller y
-    y_left, y_right = mid_y + sign * gap_y / 2, mid_y - sign * gap_y / 2
-    return (x_left, y_left), (x_right, y_right)
+    sep = 1.9 * r_max
+    ratio = 2.0 - 0.85 * f_margin
+    xy = torch.zeros(n, 3, 2)
+    todo = torch.arange(n)
+    for attempt in range(_MAX_TRIES):
+        k = todo.numel()
+        red = lo[todo, None] + torch.rand(k, 2, generator=g) * (hi - lo)[todo, None]
+        d_near = sep[todo] + 6.0 * torch.rand(k, generator=g)
+        d_far = ratio[todo] * d_near * (1.0 + 0.15 * torch.rand(k, generator=g))
+        a_near, a_far = (2 * math.pi * torch.rand(k, 2, generator=g)).unbind(1)
+        near = red + d_near[:, None] * torch.stack([torch.cos(a_near).abs(), torch.sin(a_near)], 1)
+        near[:, 0] = torch.where(label_left[todo], 2 * red[:, 0] - near[:, 0], near[:, 0])  # mirror to the left
+        far = red + d_far[:, None] * torch.stack([torch.cos(a_far), torch.sin(a_far)], 1)
+        cand = torch.stack([red, near, far], 1)
+        inside = ((cand >= lo[todo, None, None]) & (cand <= hi[todo, None, None])).all(2).all(1)
+        ok = inside & ((near - far).norm(dim=1) >= sep[todo])
+        xy[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+        if todo.numel() == 0:
+            break
+        if attempt % 50 == 49:
+            ratio[todo] = (ratio[todo] * 0.95).clamp_min(1.1)
+    else:
+        raise RuntimeError(f"could not place {todo.numel()} relations scenes in {_MAX_TRIES} tries; please report this")
+    used = (xy[:, 2] - xy[:, 0]).norm(dim=1) / (xy[:, 1] - xy[:, 0]).norm(dim=1)
+    return xy, ((2.0 - used) / 0.85).clamp(0.0, 1.0)
 
 
 def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -170,9 +199,7 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
     base = torch.rand(n, generator=g) ** 1.25
     factors = (base[:, None] + 0.18 * torch.randn(n, len(FACTORS), generator=g)).clamp(0.0, 1.0)
     f_margin, f_size, f_clut, f_noise, f_con = factors.unbind(1)
-    left_kind = labels // 4
-    left_above = (labels // 2 % 2).bool()
-    same = (labels % 2).bool()
+    near_kind, near_colour, near_left = decode_tensor(labels)
 
     # Background: a muted grey-ish gradient, so that every palette colour stands out from it.
     x1, y1 = _grid(n, 1)
@@ -184,8 +211,8 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
     img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])
     bg_mid = 0.5 * (bg0 + bg1)
 
-    # Distractors first (keys are drawn over them): small, more of them, larger and more often in
-    # a key colour as the clutter factor grows.
+    # Distractors first (keys are drawn over them): small, in muted colours; more of them and
+    # larger as the clutter factor grows.
     n_dis = (f_clut * MAX_DISTRACTORS + torch.rand(n, generator=g)).floor().clamp(max=MAX_DISTRACTORS)
     for slot in range(MAX_DISTRACTORS):
         active = n_dis > slot
@@ -193,37 +220,40 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
         radius = (1.5 + 1.2 * f_clut) * (0.85 + 0.3 * torch.rand(n, generator=g))
         cx = 2.0 + torch.rand(n, generator=g) * (IMAGE_SIZE - 4.0)
         cy = 2.0 + torch.rand(n, generator=g) * (IMAGE_SIZE - 4.0)
-        in_palette = torch.rand(n, generator=g) < 0.8 * f_clut
-        colour = torch.where(
-            in_palette[:, None], PALETTE[torch.randint(len(PALETTE), (n,), generator=g)], torch.rand(n, 3, generator=g)
-        )
+        colour = torch.lerp(torch.rand(n, 3, generator=g), bg_mid, 0.4)
         mask = _object_mask(kinds, cx, cy, radius, g) & active[:, None, None]
         img = _paint(img, mask, colour)
 
-    # The two keys.
-    radius = (6.2 - 1.4 * f_size)[:, None] * (0.92 + 0.16 * torch.rand(n, 2, generator=g))
-    (xl, yl), (xr, yr) = _key_positions(left_above, radius, f_margin, g)
-    kinds_right = torch.randint(len(KEY_KINDS), (n,), generator=g)
-    colour_left = torch.randint(len(PALETTE), (n,), generator=g)
-    colour_right = torch.where(same, colour_left, (colour_left + 1 + torch.randint(3, (n,), generator=g)) % len(PALETTE))
+    # The three keys: red, the one nearer to red (the label's kind, colour and side), the farther one.
+    radius = (5.2 - 1.2 * f_size)[:, None] * (0.92 + 0.16 * torch.rand(n, 3, generator=g))
+    xy, factors[:, 0] = _place(near_left, radius, f_margin, g)
+    other = torch.randint(len(PALETTE) - 2, (n,), generator=g)  # the farther colour: not red, not the nearer's
+    far_colour = 1 + (near_colour - 1 + 1 + other) % (len(PALETTE) - 1)
+    key_colour = torch.stack([torch.zeros_like(near_colour), near_colour, far_colour], 1)
     kind_table = torch.tensor(KEY_KINDS)
-    for kinds, colour_idx, cx, cy, r in (
-        (kind_table[left_kind], colour_left, xl, yl, radius[:, 0]),
-        (kind_table[kinds_right], colour_right, xr, yr, radius[:, 1]),
-    ):
-        fade = (0.45 * f_con)[:, None]
-        colour = torch.lerp(PALETTE[colour_idx], bg_mid, fade) + 0.05 * f_con[:, None] * torch.randn(n, 3, generator=g)
-        img = _paint(img, _object_mask(kinds, cx, cy, r, g), colour.clamp(0, 1))
+    key_kind = torch.stack(
+        [
+            kind_table[torch.randint(len(KEY_KINDS), (n,), generator=g)],
+            kind_table[near_kind],
+            kind_table[torch.randint(len(KEY_KINDS), (n,), generator=g)],
+        ],
+        1,
+    )
+    fade = (0.45 * f_con)[:, None]
+    for key in range(3):
+        colour = torch.lerp(PALETTE[key_colour[:, key]], bg_mid, fade) + 0.05 * f_con[:, None] * torch.randn(n, 3, generator=g)
+        mask = _object_mask(key_kind[:, key], xy[:, key, 0], xy[:, key, 1], radius[:, key], g)
+        img = _paint(img, mask, colour.clamp(0, 1))
 
     sigma = 0.02 + 0.07 * f_noise
     img = img + sigma[:, None, None, None] * torch.randn(img.shape, generator=g)
     return {
         "images": (img.clamp(0, 1) * 255).round().to(torch.uint8),
         "factors": factors,
-        "key_xy": torch.stack([torch.stack([xl, yl], 1), torch.stack([xr, yr], 1)], 1),
+        "key_xy": xy,
         "key_radius": radius,
-        "key_kind": torch.stack([kind_table[left_kind], kind_table[kinds_right]], 1),
-        "key_colour": torch.stack([colour_left, colour_right], 1),
+        "key_kind": key_kind,
+        "key_colour": key_colour,
         "distractors": n_dis.to(torch.int64),
     }
 

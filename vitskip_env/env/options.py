@@ -8,8 +8,9 @@ How ``backbone`` is resolved (``backbone_weights`` defaults to ``"trained"``):
 =====================================  ==========================================================
 ``backbone``                           what the env runs
 =====================================  ==========================================================
-``None`` (default)                     the dataset's default preset (``demo`` for shapes and
-                                       digits, ``tiny`` otherwise), as for a preset name below
+``None`` (default)                     the dataset's default preset (``demo`` for shapes,
+                                       relations and digits, ``tiny`` otherwise), as for a
+                                       preset name below
 preset or timm model name              the trained file ``find_backbone(name, dataset)`` (your
                                        ``train/backbone.py`` output first, then the shipped one);
                                        if there is none: ``FileNotFoundError`` with the command

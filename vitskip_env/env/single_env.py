@@ -139,7 +139,8 @@ class ViTSkipEnv(CoreAccess, gym.Env):
 
     ## Registered Configurations
 
-    ``ViTSkip-Shapes-v0`` (offline default), ``ViTSkip-CIFAR10-v0``, ``ViTSkip-CIFAR100-v0``,
+    ``ViTSkip-Shapes-v0`` (offline default), ``ViTSkip-Relations-v0`` (offline, a relational task
+    where depth matters), ``ViTSkip-CIFAR10-v0``, ``ViTSkip-CIFAR100-v0``,
     ``ViTSkip-TinyImageNet-v0`` and, with scikit-learn installed, ``ViTSkip-Digits-v0``; they
     differ only in ``dataset``. ``gym.make_vec(id, num_envs=N)`` returns the native
     ``ViTSkipVectorEnv``. In a process that has not imported ``vitskip_env`` (RLlib remote
