@@ -9,11 +9,13 @@ import pytest
 import torch
 from fakedata import write_mini_cifar10, write_mini_cifar100, write_mini_tiny
 
-#: Generated ``shapes`` splits persist here between test sessions (git-ignored ``.cache/``). Their file
-#: names hash the generator version and the torch version, so a stale file is never read; generating
-#: the 10k-image test split costs 5-15 s on two CPU cores, which every session would otherwise pay.
-#: Rendered built-in datasets kept across test sessions (the cache validates itself when read).
-PROCEDURAL_CACHES = {name: Path(__file__).resolve().parents[1] / ".cache" / f"test-{name}" for name in ("shapes", "relations")}
+#: Rendered splits of the built-in datasets persist here between test sessions (git-ignored ``.cache/``).
+#: Their file names hash the generator version and the torch version, so a stale file is never read,
+#: and a read validates the file; rendering a 10k-image split costs 5-15 s on two CPU cores, which
+#: every session would otherwise pay.
+PROCEDURAL_CACHES = {
+    name: Path(__file__).resolve().parents[1] / ".cache" / f"test-{name}" for name in ("shapes", "relations", "pointers")
+}
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 ENV_IDS: dict[str, str] = {
     "ViTSkip-Shapes-v0": "shapes",
     "ViTSkip-Relations-v0": "relations",
+    "ViTSkip-Pointers-v0": "pointers",
     "ViTSkip-CIFAR10-v0": "cifar10",
     "ViTSkip-CIFAR100-v0": "cifar100",
     "ViTSkip-TinyImageNet-v0": "tinyimagenet",

@@ -27,7 +27,7 @@ def id_kwargs(request: pytest.FixtureRequest, micro_kwargs: dict) -> dict:
     if dataset in ("cifar10", "cifar100", "tinyimagenet"):
         fixture = {"cifar10": "mini_cifar10", "cifar100": "mini_cifar100", "tinyimagenet": "mini_tiny"}[dataset]
         kwargs["data_root"] = request.getfixturevalue(fixture)["root"]
-    if dataset == "relations":
+    if dataset in ("relations", "pointers"):
         kwargs["split"] = "val"  # the smallest built-in split
     elif dataset != "shapes":
         kwargs["split"] = "train"

@@ -39,7 +39,7 @@ def id_kwargs(request: pytest.FixtureRequest, micro_kwargs: dict) -> dict:
         kwargs["data_root"] = request.getfixturevalue(fixture)["root"]
     if dataset == "shapes":
         kwargs["split"] = "test"  # generated once per session (10k images) and cached
-    if dataset == "relations":
+    if dataset in ("relations", "pointers"):
         kwargs["split"] = "val"  # the smallest built-in split (5k images)
     return kwargs
 

@@ -1,11 +1,16 @@
-"""The shipped demo backbone: found by default, accurate on shapes, and robust to random block skipping."""
+"""The shipped demo backbones: found by default, accurate, robust to random block skipping, and (on
+relations) needing their depth, as their records say."""
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import vitskip_env  # noqa: F401
+from agents.nsga2 import evaluate_subsets, str_to_mask
 from vitskip_env import load_backbone, make_dataset
 from vitskip_env.measure import evaluate_backbone, random_skip_top1
 from vitskip_env.model.presets import ASSETS_DIR, find_backbone
@@ -34,3 +39,33 @@ def test_more_skipping_costs_accuracy_monotonically(skip: float) -> None:
     vit = load_backbone(find_backbone("demo", "shapes"))
     ds = make_dataset("shapes", "test")
     assert random_skip_top1(vit, ds, 1.0, limit=500) < random_skip_top1(vit, ds, skip, limit=500)
+
+
+# --------------------------------------------------------------------------------- relations
+RELATIONS_RECORD = ASSETS_DIR / "demo-relations.depth.json"
+
+
+def test_relations_env_uses_its_shipped_backbone_offline() -> None:
+    assert find_backbone("demo", "relations") == ASSETS_DIR / "demo-relations.safetensors"
+    env = gym.make("ViTSkip-Relations-v0", split="val")
+    obs, _ = env.reset(seed=0)
+    vit = env.unwrapped.backbone
+    assert vit.depth == 8 and vit.meta["training"]["args"]["block_drop"] > 0 and obs.shape == env.observation_space.shape
+    assert env.unwrapped.dataset.num_classes == 36
+
+
+def test_relations_depth_record_is_true() -> None:
+    """The shipped depth curve re-scores exactly: each depth's subset, the full model, every difficulty bin."""
+    record = json.loads(RELATIONS_RECORD.read_text())
+    rows = record["rows"]
+    vit = load_backbone(find_backbone("demo", "relations"), num_classes=36)
+    test = make_dataset("relations", "test")
+    assert record["test_images"] == len(test) and record["depth"] == vit.depth == len(rows)
+    masks = np.stack([str_to_mask(r["kept"]) for r in rows])
+    assert [int(m.sum()) for m in masks] == list(range(1, vit.depth + 1))
+    top1 = evaluate_subsets(vit, masks, test.images, test.labels, dataset=test)["top1"]
+    assert top1.tolist() == pytest.approx([r["raw top1"] for r in rows], abs=0.05)
+    assert evaluate_backbone(vit, test)["top1"] == pytest.approx(rows[-1]["raw top1"], abs=0.05)
+    hardest = test.difficulty >= 0.75
+    top1_hard = evaluate_subsets(vit, masks, test.images[hardest], test.labels[hardest], dataset=test)["top1"]
+    assert top1_hard.tolist() == pytest.approx([r["raw bin 0.75-1.00"] for r in rows], abs=0.05)

@@ -12,7 +12,11 @@ import torch.nn.functional as F
 
 #: Label-preserving augmentation per dataset, where the default (pad 4, flip) would change the label:
 #: a flip swaps which ``relations`` key is on the left, and a wide reflected crop can mirror a key.
-AUGMENT_KWARGS: dict[str, dict[str, int | bool]] = {"relations": {"pad": 2, "flip": False}}
+#: On ``pointers`` the class is a grid cell, so a shift stays within a pixel.
+AUGMENT_KWARGS: dict[str, dict[str, int | bool]] = {
+    "relations": {"pad": 2, "flip": False},
+    "pointers": {"pad": 1, "flip": False},
+}
 
 
 def augment_kwargs(dataset: str) -> dict[str, int | bool]:

@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 from ..files import default_root
-from . import real, relations, shapes
+from . import pointers, real, relations, shapes
 from .dataset import VAL_HOLDOUT, ImageDataset, Split
 
 Loader = Callable[[str, Path, bool], ImageDataset]
 _LOADERS: dict[str, Loader] = {
     "shapes": shapes.load_shapes,
     "relations": relations.load_relations,
+    "pointers": pointers.load_pointers,
     "cifar10": real.load_cifar10,
     "cifar100": real.load_cifar100,
     "tinyimagenet": real.load_tinyimagenet,
@@ -34,7 +35,7 @@ _LOADERS: dict[str, Loader] = {
 }
 _CACHE: dict[tuple, ImageDataset] = {}
 #: Built-in datasets that render their own ``val`` split and ignore ``root``.
-_PROCEDURAL = frozenset({"shapes", "relations"})
+_PROCEDURAL = frozenset({"shapes", "relations", "pointers"})
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:

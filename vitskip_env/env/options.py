@@ -54,6 +54,7 @@ from .sampling import SAMPLING_MODES, Sampling
 DEFAULT_PRESET: dict[str, str] = {
     "shapes": "demo",
     "relations": "demo",
+    "pointers": "demo",
     "digits": "demo",
     "cifar10": "tiny",
     "cifar100": "tiny",
