@@ -2,8 +2,9 @@
 
 ``dataset.py`` (``ImageDataset``, normalisation constants) <- ``procedural.py`` (the split cache of the
 built-in procedural datasets) <- ``shapes.py`` (one object per image) <- ``relations.py`` (relations
-between objects); ``real.py`` (CIFAR, Tiny-ImageNet, digits) <- ``registry.py`` (``make_dataset``,
-``register_dataset``); ``augment.py`` holds training-time augmentation. No module imports one above it.
+between objects), ``pointers.py`` (paths of 1-6 hops); ``real.py`` (CIFAR, Tiny-ImageNet, digits);
+all of them <- ``registry.py`` (``make_dataset``, ``register_dataset``); ``augment.py`` holds
+training-time augmentation. No module imports one above it.
 """
 
 from __future__ import annotations

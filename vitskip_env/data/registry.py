@@ -5,7 +5,7 @@
 backbone never sees uint8: :meth:`ImageDataset.normalize` turns a slice into the float input the
 backbone expects, on the fly, so a whole split costs one byte per pixel on the device.
 
-Registered names: ``shapes`` and ``relations`` (built in, offline), ``digits`` (scikit-learn's bundled digits,
+Registered names: ``shapes``, ``relations`` and ``pointers`` (built in, offline), ``digits`` (scikit-learn's bundled digits,
 optional), ``cifar10``, ``cifar100`` (torchvision's loaders) and ``tinyimagenet`` (the standard
 ``tiny-imagenet-200/`` folder).
 """
@@ -74,7 +74,7 @@ def make_dataset(
     Args:
         name: One of :func:`available_datasets` (case-insensitive; ``"cifar-100"`` also works).
         split: ``"train"``, ``"val"`` or ``"test"``. ``val`` is for model selection (NSGA-II fitness,
-            early stopping) so that ``test`` stays untouched: ``shapes`` and ``relations`` render their own 5k
+            early stopping) so that ``test`` stays untouched: the built-in datasets render their own 5k
             images from a disjoint seed; the other datasets hold out the last :data:`VAL_HOLDOUT` (at most a tenth) images of
             ``train`` (a backbone trained on the full train split has seen them, so their ``val``
             accuracy is optimistic). Tiny-ImageNet's labelled ``val`` folder is its ``"test"``.
