@@ -1,10 +1,10 @@
 """The data wing: datasets as uint8 tensors on the device.
 
-``dataset.py`` (``ImageDataset``, normalisation constants) <- ``procedural.py`` (the split cache of the
-built-in procedural datasets) <- ``shapes.py`` (one object per image) <- ``relations.py`` (relations
-between objects), ``pointers.py`` (paths of 1-6 hops); ``real.py`` (CIFAR, Tiny-ImageNet, digits);
-all of them <- ``registry.py`` (``make_dataset``, ``register_dataset``); ``augment.py`` holds
-training-time augmentation. No module imports one above it.
+``dataset.py`` (``ImageDataset``, normalisation constants) and ``drawing.py`` (shape masks) <-
+``procedural.py`` (the split cache of the built-in procedural datasets) <- ``shapes.py`` (one object
+per image), ``relations.py`` (relations between objects), ``pointers.py`` (paths of 1-6 hops);
+``real.py`` (CIFAR, Tiny-ImageNet, digits); all of them <- ``registry.py`` (``make_dataset``,
+``register_dataset``); ``augment.py`` holds training-time augmentation. No module imports one above it.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ImageDataset
+from .drawing import unit_vectors
 from .procedural import Generator, balanced_labels
-from .shapes import _unit_vectors
 
 GRID = 4
 CELL = 8
@@ -195,8 +195,8 @@ def _draw(kind: torch.Tensor, direction: torch.Tensor, start: torch.Tensor, fact
     coords1 = torch.arange(IMAGE_SIZE, dtype=torch.float32) + 0.5
     yy1, xx1 = torch.meshgrid(coords1, coords1, indexing="ij")
     grey = 0.3 + 0.25 * torch.rand(n, 1, generator=g)
-    bg0 = (grey + 0.06 * _unit_vectors(n, g)).clamp(0, 1)
-    bg1 = (bg0 + 0.12 * _unit_vectors(n, g)).clamp(0, 1)
+    bg0 = (grey + 0.06 * unit_vectors(n, g)).clamp(0, 1)
+    bg1 = (bg0 + 0.12 * unit_vectors(n, g)).clamp(0, 1)
     ang = torch.rand(n, generator=g) * 2 * math.pi
     t = ((xx1 - 16) * torch.cos(ang)[:, None, None] + (yy1 - 16) * torch.sin(ang)[:, None, None]) / 32 + 0.5
     img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])

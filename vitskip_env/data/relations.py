@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ImageDataset
+from .drawing import SHAPE_CLASSES, shape_mask, unit_vectors
 from .procedural import Generator, balanced_labels
-from .shapes import SHAPE_CLASSES, _shape_mask, _unit_vectors
 
 #: Shape kinds a key can have (indices into ``shapes.SHAPE_CLASSES``).
 KEY_KINDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
@@ -143,7 +143,7 @@ def _object_mask(
     mask = torch.zeros(n, IMAGE_SIZE * _SS, IMAGE_SIZE * _SS, dtype=torch.bool)
     for kind in kinds.unique().tolist():
         idx = (kinds == kind).nonzero().squeeze(1)
-        mask[idx] = _shape_mask(int(kind), u[idx], v[idx])
+        mask[idx] = shape_mask(int(kind), u[idx], v[idx])
     return mask
 
 
@@ -204,8 +204,8 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
     # Background: a muted grey-ish gradient, so that every palette colour stands out from it.
     x1, y1 = _grid(n, 1)
     grey = 0.3 + 0.25 * torch.rand(n, 1, generator=g)
-    bg0 = (grey + 0.06 * _unit_vectors(n, g)).clamp(0, 1)
-    bg1 = (bg0 + 0.12 * _unit_vectors(n, g)).clamp(0, 1)
+    bg0 = (grey + 0.06 * unit_vectors(n, g)).clamp(0, 1)
+    bg1 = (bg0 + 0.12 * unit_vectors(n, g)).clamp(0, 1)
     ang = torch.rand(n, generator=g) * 2 * math.pi
     t = ((x1 - 16) * torch.cos(ang)[:, None, None] + (y1 - 16) * torch.sin(ang)[:, None, None]) / 32 + 0.5
     img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])

@@ -30,20 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ImageDataset
+from .drawing import SHAPE_CLASSES, shape_mask, unit_vectors
 from .procedural import Generator, balanced_labels
 
-SHAPE_CLASSES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "plus",
-    "ring",
-    "star",
-    "crescent",
-    "bar",
-    "ell",
-    "frame",
-)
 IMAGE_SIZE = 32
 SPLIT_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
 #: Disjoint seeds: no image of one split is rendered from the seed stream of another.
@@ -52,42 +41,6 @@ SPLIT_SEEDS = {"train": 20_251_121, "val": 40_251_121, "test": 70_251_121}
 GENERATOR_VERSION = 2
 _SS = 2  # supersampling factor
 _CHUNK = 2_000
-
-
-def _shape_mask(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Inside-test for shape ``kind`` in its own frame (unit radius); ``u, v`` are (n, H, W)."""
-    rho = torch.sqrt(u * u + v * v)
-    cheb = torch.maximum(u.abs(), v.abs())
-    if kind == 0:  # circle
-        return rho <= 0.95
-    if kind == 1:  # square
-        return cheb <= 0.78
-    if kind == 2:  # equilateral triangle, circumradius 1
-        s3 = math.sqrt(3.0)
-        return (v >= -0.5) & (s3 * u + v <= 1.0) & (-s3 * u + v <= 1.0)
-    if kind == 3:  # plus
-        return ((u.abs() <= 0.28) & (v.abs() <= 0.95)) | ((v.abs() <= 0.28) & (u.abs() <= 0.95))
-    if kind == 4:  # ring
-        return (rho <= 0.95) & (rho >= 0.55)
-    if kind == 5:  # five-pointed star
-        phase = torch.remainder(torch.atan2(v, u) * (5.0 / (2.0 * math.pi)), 1.0)
-        return rho <= 0.42 + 0.58 * (2.0 * phase - 1.0).abs()
-    if kind == 6:  # crescent
-        return (rho <= 0.95) & ((u - 0.45) ** 2 + v * v > 0.72**2)
-    if kind == 7:  # bar
-        return (u.abs() <= 0.95) & (v.abs() <= 0.26)
-    if kind == 8:  # L shape
-        foot = (u >= -0.8) & (u <= 0.8) & (v >= -0.8) & (v <= -0.32)
-        stem = (u >= -0.8) & (u <= -0.32) & (v >= -0.8) & (v <= 0.85)
-        return foot | stem
-    if kind == 9:  # hollow square
-        return (cheb <= 0.85) & (cheb >= 0.52)
-    raise ValueError(f"shape kind must be in 0..9, got {kind}")
-
-
-def _unit_vectors(n: int, g: torch.Generator) -> torch.Tensor:
-    d = torch.randn(n, 3, generator=g)
-    return d / d.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
 def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +65,7 @@ def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[tor
 
     # Background: a linear gradient between two related colours.
     bg0 = torch.rand(n, 3, generator=g)
-    bg1 = (bg0 + 0.25 * _unit_vectors(n, g)).clamp(0, 1)
+    bg1 = (bg0 + 0.25 * unit_vectors(n, g)).clamp(0, 1)
     ang = torch.rand(n, generator=g) * 2 * math.pi
     t = ((x1 - 16) * torch.cos(ang)[:, None, None] + (y1 - 16) * torch.sin(ang)[:, None, None]) / 32 + 0.5
     t = t.clamp(0, 1)[:, None]
@@ -124,7 +77,7 @@ def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[tor
     # few filters can find, whatever the hues.
     contrast = 0.85 - 0.5 * f_con
     sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    direction = sign[:, None] * torch.full((n, 3), 3**-0.5) + 0.45 * _unit_vectors(n, g)
+    direction = sign[:, None] * torch.full((n, 3), 3**-0.5) + 0.45 * unit_vectors(n, g)
     direction = direction / direction.norm(dim=1, keepdim=True)
     fg = bg_mid + contrast[:, None] * direction
     out_of_range = ((fg < 0) | (fg > 1)).any(1, keepdim=True)
@@ -145,7 +98,7 @@ def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[tor
     for kind in range(len(SHAPE_CLASSES)):
         idx = (labels == kind).nonzero().squeeze(1)
         if idx.numel():
-            mask[idx] = _shape_mask(kind, u[idx], v[idx])
+            mask[idx] = shape_mask(kind, u[idx], v[idx])
     img = torch.lerp(img, fg[:, :, None, None].expand_as(img), alpha(mask))
 
     # Clutter: discs whose colour drifts from random towards the shape's colour.
