@@ -58,3 +58,29 @@ def unit_vectors(n: int, g: torch.Generator) -> torch.Tensor:
     """``n`` random 3-vectors of unit length (colour directions), from ``g``."""
     d = torch.randn(n, 3, generator=g)
     return d / d.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+def rotated_frame(
+    xs: torch.Tensor, ys: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, radius: torch.Tensor, rot: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``(n, H, W)`` in each object's own frame: centred, rotated by ``rot``, unit radius."""
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
+    return (dx * cos + dy * sin) / radius[:, None, None], (-dx * sin + dy * cos) / radius[:, None, None]
+
+
+def muted_background(n: int, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey-ish linear gradient between two close colours per image, so palette colours stand out.
+
+    Returns float images ``(n, 3, size, size)`` in [0, 1] and each gradient's middle colour ``(n, 3)``.
+    """
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    grey = 0.3 + 0.25 * torch.rand(n, 1, generator=g)
+    bg0 = (grey + 0.06 * unit_vectors(n, g)).clamp(0, 1)
+    bg1 = (bg0 + 0.12 * unit_vectors(n, g)).clamp(0, 1)
+    ang = torch.rand(n, generator=g) * 2 * math.pi
+    half = size / 2
+    t = ((xx - half) * torch.cos(ang)[:, None, None] + (yy - half) * torch.sin(ang)[:, None, None]) / size + 0.5
+    img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])
+    return img, 0.5 * (bg0 + bg1)

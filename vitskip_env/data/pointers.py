@@ -29,15 +29,11 @@ cached on disk (``cache_dir()/pointers``, validated, regenerated when damaged).
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import ImageDataset
-from .drawing import unit_vectors
+from .drawing import muted_background
 from .procedural import Generator, balanced_labels
 
 GRID = 4
@@ -192,15 +188,7 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, np.ndar
 def _draw(kind: torch.Tensor, direction: torch.Tensor, start: torch.Tensor, factors: torch.Tensor, g: torch.Generator):
     n = kind.shape[0]
     _, _, f_jit, f_noise, f_con = factors.unbind(1)
-    coords1 = torch.arange(IMAGE_SIZE, dtype=torch.float32) + 0.5
-    yy1, xx1 = torch.meshgrid(coords1, coords1, indexing="ij")
-    grey = 0.3 + 0.25 * torch.rand(n, 1, generator=g)
-    bg0 = (grey + 0.06 * unit_vectors(n, g)).clamp(0, 1)
-    bg1 = (bg0 + 0.12 * unit_vectors(n, g)).clamp(0, 1)
-    ang = torch.rand(n, generator=g) * 2 * math.pi
-    t = ((xx1 - 16) * torch.cos(ang)[:, None, None] + (yy1 - 16) * torch.sin(ang)[:, None, None]) / 32 + 0.5
-    img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])
-    bg_mid = 0.5 * (bg0 + bg1)
+    img, bg_mid = muted_background(n, IMAGE_SIZE, g)
     coords = (torch.arange(IMAGE_SIZE * _SS, dtype=torch.float32) + 0.5) / _SS
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
     colour_idx = 1 + torch.randint(len(PALETTE) - 1, (n, NUM_CLASSES), generator=g)
@@ -237,13 +225,3 @@ def _draw(kind: torch.Tensor, direction: torch.Tensor, start: torch.Tensor, fact
 GENERATOR = Generator(
     "pointers", POINTER_CLASSES, lambda n, seed: render(n, seed), SPLIT_SIZES, SPLIT_SEEDS, GENERATOR_VERSION
 )
-
-
-def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``train`` (50k), ``val`` (5k) or ``test`` (10k) split, from the validated disk cache when present."""
-    return GENERATOR.split(split, n, use_disk_cache)
-
-
-def load_pointers(split: str, root: Path, download: bool) -> ImageDataset:
-    """The ``pointers`` loader of the registry (``root`` and ``download`` are unused: it renders offline)."""
-    return GENERATOR.load(split, root, download)

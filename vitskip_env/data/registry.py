@@ -26,8 +26,8 @@ from .dataset import VAL_HOLDOUT, ImageDataset, Split
 Loader = Callable[[str, Path, bool], ImageDataset]
 _LOADERS: dict[str, Loader] = {
     "shapes": shapes.load_shapes,
-    "relations": relations.load_relations,
-    "pointers": pointers.load_pointers,
+    "relations": relations.GENERATOR.load,
+    "pointers": pointers.GENERATOR.load,
     "cifar10": real.load_cifar10,
     "cifar100": real.load_cifar100,
     "tinyimagenet": real.load_tinyimagenet,

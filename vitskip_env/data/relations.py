@@ -35,14 +35,12 @@ Rendering is vectorised in torch at 2x supersampling and is a pure function of `
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import ImageDataset
-from .drawing import SHAPE_CLASSES, shape_mask, unit_vectors
+from .drawing import SHAPE_CLASSES, muted_background, rotated_frame, shape_mask
 from .procedural import Generator, balanced_labels
 
 #: Shape kinds a key can have (indices into ``shapes.SHAPE_CLASSES``).
@@ -135,11 +133,7 @@ def _object_mask(
     """Supersampled coverage of one object per image (shape ``kinds``, randomly rotated)."""
     n = kinds.numel()
     xs, ys = _grid(n, _SS)
-    rot = torch.rand(n, generator=g) * 2 * math.pi
-    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
-    cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
-    u = (dx * cos + dy * sin) / radius[:, None, None]
-    v = (-dx * sin + dy * cos) / radius[:, None, None]
+    u, v = rotated_frame(xs, ys, cx, cy, radius, torch.rand(n, generator=g) * 2 * math.pi)
     mask = torch.zeros(n, IMAGE_SIZE * _SS, IMAGE_SIZE * _SS, dtype=torch.bool)
     for kind in kinds.unique().tolist():
         idx = (kinds == kind).nonzero().squeeze(1)
@@ -202,14 +196,7 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
     near_kind, near_colour, near_left = decode_tensor(labels)
 
     # Background: a muted grey-ish gradient, so that every palette colour stands out from it.
-    x1, y1 = _grid(n, 1)
-    grey = 0.3 + 0.25 * torch.rand(n, 1, generator=g)
-    bg0 = (grey + 0.06 * unit_vectors(n, g)).clamp(0, 1)
-    bg1 = (bg0 + 0.12 * unit_vectors(n, g)).clamp(0, 1)
-    ang = torch.rand(n, generator=g) * 2 * math.pi
-    t = ((x1 - 16) * torch.cos(ang)[:, None, None] + (y1 - 16) * torch.sin(ang)[:, None, None]) / 32 + 0.5
-    img = torch.lerp(bg0[:, :, None, None], bg1[:, :, None, None], t.clamp(0, 1)[:, None])
-    bg_mid = 0.5 * (bg0 + bg1)
+    img, bg_mid = muted_background(n, IMAGE_SIZE, g)
 
     # Distractors first (keys are drawn over them): small, in muted colours; more of them and
     # larger as the clutter factor grows.
@@ -262,13 +249,3 @@ def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.T
 GENERATOR = Generator(
     "relations", RELATION_CLASSES, lambda n, seed: render(n, seed), SPLIT_SIZES, SPLIT_SEEDS, GENERATOR_VERSION
 )
-
-
-def generate_split(split: str, n: int | None = None, use_disk_cache: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``train`` (50k), ``val`` (5k) or ``test`` (10k) split, from the validated disk cache when present."""
-    return GENERATOR.split(split, n, use_disk_cache)
-
-
-def load_relations(split: str, root: Path, download: bool) -> ImageDataset:
-    """The ``relations`` loader of the registry (``root`` and ``download`` are unused: it renders offline)."""
-    return GENERATOR.load(split, root, download)

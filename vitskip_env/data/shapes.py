@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ImageDataset
-from .drawing import SHAPE_CLASSES, shape_mask, unit_vectors
+from .drawing import SHAPE_CLASSES, rotated_frame, shape_mask, unit_vectors
 from .procedural import Generator, balanced_labels
 
 IMAGE_SIZE = 32
@@ -89,11 +89,7 @@ def _render_chunk(n: int, labels: torch.Tensor, g: torch.Generator) -> tuple[tor
     reach = ((IMAGE_SIZE / 2 - radius - 1.0) * (0.3 + 0.7 * f_scale)).clamp_min(0.0)
     cx = IMAGE_SIZE / 2 + reach * (2 * torch.rand(n, generator=g) - 1)
     cy = IMAGE_SIZE / 2 + reach * (2 * torch.rand(n, generator=g) - 1)
-    rot = torch.rand(n, generator=g) * 2 * math.pi
-    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
-    cos, sin = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
-    u = (dx * cos + dy * sin) / radius[:, None, None]
-    v = (-dx * sin + dy * cos) / radius[:, None, None]
+    u, v = rotated_frame(xs, ys, cx, cy, radius, torch.rand(n, generator=g) * 2 * math.pi)
     mask = torch.zeros(n, IMAGE_SIZE * _SS, IMAGE_SIZE * _SS, dtype=torch.bool)
     for kind in range(len(SHAPE_CLASSES)):
         idx = (labels == kind).nonzero().squeeze(1)

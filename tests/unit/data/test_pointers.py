@@ -91,7 +91,7 @@ def test_follow_refuses_paths_that_leave_the_grid_or_loop() -> None:
 
 
 def test_splits_are_disjoint() -> None:
-    splits = [pointers.generate_split(s, n=400, use_disk_cache=False)[0] for s in ("train", "val", "test")]
+    splits = [pointers.GENERATOR.split(s, n=400, use_disk_cache=False)[0] for s in ("train", "val", "test")]
     digests = [{hashlib.sha1(img.tobytes()).hexdigest() for img in imgs} for imgs in splits]
     assert len(set.union(*digests)) == sum(len(d) for d in digests)
 
@@ -99,11 +99,11 @@ def test_splits_are_disjoint() -> None:
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_cache_is_regenerated(how: str) -> None:
     fresh = pointers.render(N, pointers.SPLIT_SEEDS["val"])
-    pointers.generate_split("val", n=N)
+    pointers.GENERATOR.split("val", n=N)
     (path,) = (cache_dir() / "pointers").glob(f"pointers-val-{N}-*.npz")
     damage(path, how)
     with pytest.warns(RuntimeWarning, match=re.escape(str(path))):
-        got = pointers.generate_split("val", n=N)
+        got = pointers.GENERATOR.split("val", n=N)
     assert all(np.array_equal(x, y) for x, y in zip(got, fresh, strict=True))
 
 

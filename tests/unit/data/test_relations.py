@@ -92,7 +92,7 @@ def test_difficulty_is_the_mean_of_the_factors_and_follows_them(scenes: dict[str
 
 
 def test_splits_are_disjoint_and_seeded_apart_from_shapes() -> None:
-    splits = {s: relations.generate_split(s, n=600, use_disk_cache=False)[0] for s in ("train", "val", "test")}
+    splits = {s: relations.GENERATOR.split(s, n=600, use_disk_cache=False)[0] for s in ("train", "val", "test")}
     digests = [{hashlib.sha1(img.tobytes()).hexdigest() for img in imgs} for imgs in splits.values()]
     assert len(set.union(*digests)) == sum(len(d) for d in digests)
     from vitskip_env.data import shapes
@@ -103,15 +103,15 @@ def test_splits_are_disjoint_and_seeded_apart_from_shapes() -> None:
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_cache_is_regenerated(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh = relations.render(N, relations.SPLIT_SEEDS["test"])
-    relations.generate_split("test", n=N)
+    relations.GENERATOR.split("test", n=N)
     (path,) = (cache_dir() / "relations").glob(f"relations-test-{N}-*.npz")
     damage(path, how)
     with pytest.warns(RuntimeWarning, match=re.escape(str(path))):
-        got = relations.generate_split("test", n=N)
+        got = relations.GENERATOR.split("test", n=N)
     for x, y in zip(got, fresh, strict=True):
         assert np.array_equal(x, y)
     monkeypatch.setattr(relations, "render", lambda *a, **k: pytest.fail("the regenerated cache was not reused"))
-    assert np.array_equal(relations.generate_split("test", n=N)[1], fresh[1])
+    assert np.array_equal(relations.GENERATOR.split("test", n=N)[1], fresh[1])
 
 
 def test_registered_and_loaded_like_the_other_datasets(tmp_path: Path) -> None:
