@@ -41,25 +41,29 @@ def test_more_skipping_costs_accuracy_monotonically(skip: float) -> None:
     assert random_skip_top1(vit, ds, 1.0, limit=500) < random_skip_top1(vit, ds, skip, limit=500)
 
 
-# --------------------------------------------------------------------------------- relations
-RELATIONS_RECORD = ASSETS_DIR / "demo-relations.depth.json"
+# --------------------------------------------------------------------------------- relations, pointers
+#: The relational tasks' shipped backbones: env id, classes, depth record beside the weights.
+RELATIONAL = {"relations": ("ViTSkip-Relations-v0", 36), "pointers": ("ViTSkip-Pointers-v0", 16)}
 
 
-def test_relations_env_uses_its_shipped_backbone_offline() -> None:
-    assert find_backbone("demo", "relations") == ASSETS_DIR / "demo-relations.safetensors"
-    env = gym.make("ViTSkip-Relations-v0", split="val")
+@pytest.mark.parametrize("dataset", sorted(RELATIONAL))
+def test_relational_env_uses_its_shipped_backbone_offline(dataset: str) -> None:
+    env_id, classes = RELATIONAL[dataset]
+    assert find_backbone("demo", dataset) == ASSETS_DIR / f"demo-{dataset}.safetensors"
+    env = gym.make(env_id, split="val")
     obs, _ = env.reset(seed=0)
     vit = env.unwrapped.backbone
     assert vit.depth == 8 and vit.meta["training"]["args"]["block_drop"] > 0 and obs.shape == env.observation_space.shape
-    assert env.unwrapped.dataset.num_classes == 36
+    assert env.unwrapped.dataset.num_classes == classes
 
 
-def test_relations_depth_record_is_true() -> None:
-    """The shipped depth curve re-scores exactly: each depth's subset, the full model, every difficulty bin."""
-    record = json.loads(RELATIONS_RECORD.read_text())
+@pytest.mark.parametrize("dataset", sorted(RELATIONAL))
+def test_relational_depth_record_is_true(dataset: str) -> None:
+    """The shipped depth curve re-scores exactly: each depth's subset, the full model, the hardest bin."""
+    record = json.loads((ASSETS_DIR / f"demo-{dataset}.depth.json").read_text())
     rows = record["rows"]
-    vit = load_backbone(find_backbone("demo", "relations"), num_classes=36)
-    test = make_dataset("relations", "test")
+    vit = load_backbone(find_backbone("demo", dataset), num_classes=RELATIONAL[dataset][1])
+    test = make_dataset(dataset, "test")
     assert record["test_images"] == len(test) and record["depth"] == vit.depth == len(rows)
     masks = np.stack([str_to_mask(r["kept"]) for r in rows])
     assert [int(m.sum()) for m in masks] == list(range(1, vit.depth + 1))
