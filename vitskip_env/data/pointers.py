@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .drawing import muted_background
-from .procedural import Generator, balanced_labels
+from .procedural import Generator, render_chunked
 
 GRID = 4
 CELL = 8
@@ -153,18 +153,7 @@ def render_scenes(n: int, seed: int) -> dict[str, np.ndarray]:
     """As :func:`render`, with what was drawn: ``factors`` (n, 5) in the order of :data:`FACTORS`,
     ``kind`` (n, 16) per cell (0 empty, 1 arrow, 2 circle), ``direction`` (n, 16) indices into
     :data:`DIRECTIONS`, ``start`` (n,) the red arrow's cell and ``hops`` (n,) the path's length."""
-    if n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    labels = balanced_labels(n, NUM_CLASSES, g)
-    parts = []
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        chunk_g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        parts.append(_render_chunk(labels[start:stop], chunk_g))
-    out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    out["labels"] = labels.numpy().astype(np.int64)
-    return out
+    return render_chunked(n, seed, NUM_CLASSES, _render_chunk, _CHUNK)
 
 
 def _render_chunk(labels: torch.Tensor, g: torch.Generator) -> dict[str, np.ndarray]:

@@ -119,3 +119,24 @@ def balanced_labels(n: int, num_classes: int, g: torch.Generator) -> torch.Tenso
     """``n`` labels, each class ``n // num_classes`` or one more times, in a seeded random order."""
     labels = torch.arange(n) % num_classes
     return labels[torch.randperm(n, generator=g)]
+
+
+def render_chunked(
+    n: int, seed: int, num_classes: int, render_chunk: Callable[[torch.Tensor, torch.Generator], dict], chunk: int = 2_000
+) -> dict[str, np.ndarray]:
+    """Balanced labels from ``seed``, then ``render_chunk(labels, generator)`` per chunk of ``chunk`` images.
+
+    Each chunk has its own generator (seeded from ``seed`` and its first index), so a chunk renders
+    the same whatever ``n`` is. Returns the chunks' arrays concatenated, plus ``labels`` (int64).
+    """
+    if n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    labels = balanced_labels(n, num_classes, g)
+    parts = [
+        render_chunk(labels[start : start + chunk], torch.Generator().manual_seed(seed * 1_000_003 + start))
+        for start in range(0, n, chunk)
+    ]
+    out = {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
+    out["labels"] = labels.numpy().astype(np.int64)
+    return out

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .drawing import SHAPE_CLASSES, muted_background, rotated_frame, shape_mask
-from .procedural import Generator, balanced_labels
+from .procedural import Generator, render_chunked
 
 #: Shape kinds a key can have (indices into ``shapes.SHAPE_CLASSES``).
 KEY_KINDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
@@ -103,18 +103,7 @@ def render_scenes(n: int, seed: int) -> dict[str, np.ndarray]:
     (n, 3) indices into :data:`PALETTE`; ``distractors`` (n,) their number. Useful for analysis (which relation or
     factor a policy spends depth on) and for checking the labels.
     """
-    if n < 1:
-        raise ValueError(f"n must be a positive number of images, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    labels = balanced_labels(n, len(RELATION_CLASSES), g)
-    parts = []
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        chunk_g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        parts.append(_render_chunk(labels[start:stop], chunk_g))
-    out = {name: torch.cat([p[name] for p in parts]).numpy() for name in parts[0]}
-    out["labels"] = labels.numpy().astype(np.int64)
-    return out
+    return render_chunked(n, seed, NUM_CLASSES, _render_chunk, _CHUNK)
 
 
 def _grid(n: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
