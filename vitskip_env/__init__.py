@@ -22,7 +22,7 @@ import gymnasium as gym
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .data import ImageDataset, available_datasets, make_dataset
-    from .deploy import DynamicViT, SkipPolicy
+    from .deploy import DynamicViT, EarlyExitViT, ExitRule, SkipPolicy
     from .env import CotrainConfig, RewardContext, SkipCore, ViTSkipEnv, ViTSkipVectorEnv
     from .model import PRESETS, SkippableViT, load_backbone, rows_per_block
     from .observations import ObservationEncoder
@@ -63,6 +63,9 @@ _LAZY: dict[str, str] = {
     "RewardContext": "vitskip_env.env",
     "SkipPolicy": "vitskip_env.deploy",
     "DynamicViT": "vitskip_env.deploy",
+    "EarlyExitViT": "vitskip_env.deploy",
+    "ExitRule": "vitskip_env.deploy",
+    "ExitHeads": "vitskip_env.model",
     "SkipRules": "vitskip_env.rules",
 }
 
@@ -99,6 +102,9 @@ __all__ = [
     "PRESETS",
     "CotrainConfig",
     "DynamicViT",
+    "EarlyExitViT",
+    "ExitHeads",
+    "ExitRule",
     "ImageDataset",
     "ObservationEncoder",
     "RewardContext",

@@ -1,5 +1,6 @@
 """The deployment wing: the trained policy as a torch module (``SkipPolicy``), the deployable
-``DynamicViT`` (batched real skipping), the folded decision (``FoldedDecision``) and the policy
+``DynamicViT`` (batched real skipping), ``EarlyExitViT`` with the exit rules (exited images leave
+the batch), the folded decision (``FoldedDecision``) and the policy
 network description. It must not import the env wing: what it shares with the env is the contract
 (the observation encoder and the skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
 """
@@ -8,17 +9,25 @@ from __future__ import annotations
 
 from ..runtime import weights_key
 from .dynamic import DynamicViT
+from .early_exit import EarlyExitViT
+from .exit_rules import RULES, ExitRule, calibrate, point_costs, simulate
 from .folded import FoldedDecision
 from .netspec import build_net, describe_net, supported_layers
 from .policy import SkipPolicy, deterministic_action
 
 __all__ = [
+    "RULES",
     "DynamicViT",
+    "EarlyExitViT",
+    "ExitRule",
     "FoldedDecision",
     "SkipPolicy",
     "build_net",
+    "calibrate",
     "describe_net",
     "deterministic_action",
+    "point_costs",
+    "simulate",
     "supported_layers",
     "weights_key",
 ]

@@ -2,7 +2,7 @@
 
 ``SkippableViT`` (embed / run one block on a subset of rows / head), loading and the safetensors file
 format (no pickle; every header size checked before anything is allocated), presets, stems, per-block
-costs and the class-token shortcut.
+costs, the class-token shortcut, and early-exit heads with their file format.
 """
 
 from __future__ import annotations
@@ -10,23 +10,31 @@ from __future__ import annotations
 from .backbone import SkippableViT, rows_per_block, run_executing_rows
 from .class_token import class_token_ready, run_block_class_token
 from .costs import block_costs, flops_costs, latency_costs
+from .exit_file import backbone_fingerprint, load_exit_heads
+from .exits import HEAD_KINDS, ExitHead, ExitHeads, default_layout
 from .fileformat import VitskipFileError, check_save_path, on_meta, read_vitskip_file
 from .loading import backbone_from_config, load_backbone
 from .presets import PRESETS, find_backbone, preset_spec, suggest_preset, user_backbone_path
 from .stems import resolve_stem
 
 __all__ = [
+    "HEAD_KINDS",
     "PRESETS",
+    "ExitHead",
+    "ExitHeads",
     "SkippableViT",
     "VitskipFileError",
+    "backbone_fingerprint",
     "backbone_from_config",
     "block_costs",
     "check_save_path",
     "class_token_ready",
+    "default_layout",
     "find_backbone",
     "flops_costs",
     "latency_costs",
     "load_backbone",
+    "load_exit_heads",
     "on_meta",
     "preset_spec",
     "read_vitskip_file",

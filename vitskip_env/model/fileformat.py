@@ -38,7 +38,11 @@ MAX_IMG_SIZE = 4096
 SUFFIX = ".safetensors"
 
 #: The loader of each vitskip file format, named when a file of another kind is passed.
-LOADERS: dict[str, str] = {"vitskip-backbone": "vitskip_env.load_backbone", "vitskip-dynamic": "vitskip_env.DynamicViT.load"}
+LOADERS: dict[str, str] = {
+    "vitskip-backbone": "vitskip_env.load_backbone",
+    "vitskip-dynamic": "vitskip_env.DynamicViT.load",
+    "vitskip-exits": "vitskip_env.deploy.EarlyExitViT.load",
+}
 
 _GLOBAL_POOLS = ("", "avg", "avgmax", "max", "token", "map")
 #: The ``timm.create_model`` arguments a backbone file may set: the architecture, never where weights come from.

@@ -1,0 +1,93 @@
+"""The early-exit file format: a backbone and its exit heads in one safetensors file (no pickle).
+
+``<name>.safetensors`` holds ``backbone.vit.*`` (the timm weights), ``exits.*`` (the heads) and, in
+its header, a JSON config: the backbone's config, the heads' layout and the SHA-256 of the backbone
+weights the heads were trained on. :class:`~vitskip_env.deploy.EarlyExitViT` reads and writes it;
+:func:`load_exit_heads` takes only the heads, for a backbone already in memory, and refuses heads
+trained on other weights (an exit head reads one backbone's token states; on another it predicts
+nonsense without an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import SkippableViT
+from .exits import ExitHeads
+from .fileformat import VitskipFileError, check_shapes, read_vitskip_file, require, where_of
+
+FORMAT = "vitskip-exits"
+FORMAT_VERSION = 1
+MISSING = "train/exits.py writes one (python train/exits.py --backbone <file or preset>)."
+RESAVE = "Re-save it with EarlyExitViT.save, or train the heads again with train/exits.py."
+
+
+def backbone_fingerprint(backbone: SkippableViT) -> str:
+    """SHA-256 of the backbone's weights (every tensor's name, dtype, shape and bytes, in key order)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(backbone.vit.state_dict().items()):
+        tensor = value.detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def read_exit_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """The config and the tensors of an exit file, grouped by prefix (``backbone.vit.``, ``exits.``, ``policy.``).
+
+    Raises:
+        FileNotFoundError: No such file.
+        VitskipFileError: Not an exit file, a newer version, or a tensor that belongs to none of the groups.
+    """
+    where = where_of(Path(path).expanduser())
+    config, state = read_vitskip_file(path, FORMAT, version=FORMAT_VERSION, missing=MISSING, resave=RESAVE)
+    groups: dict[str, dict[str, torch.Tensor]] = {"backbone.vit.": {}, "exits.": {}, "policy.": {}}
+    for key, value in state.items():
+        prefix = next((p for p in groups if key.startswith(p)), None)
+        if prefix is None:
+            raise VitskipFileError(f"{where}: unexpected tensor {key!r} (only 'backbone.vit.*', 'exits.*' and 'policy.*')")
+        groups[prefix][key[len(prefix) :]] = value
+    return config, groups
+
+
+def heads_from_file(config: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: SkippableViT, where: str) -> ExitHeads:
+    """The heads an exit file describes, built on ``backbone`` and loaded strictly (shapes checked first)."""
+    heads_config = require(config, "exits", dict, where)
+    try:
+        heads = ExitHeads.from_config(heads_config, backbone)
+    except (KeyError, TypeError) as exc:
+        raise VitskipFileError(f"{where}: its exits config is malformed ({exc!r}). {RESAVE}") from exc
+    except ValueError as exc:
+        raise VitskipFileError(f"{where}: {exc}") from exc
+    check_shapes(heads.state_dict(), tensors, where)
+    heads.load_state_dict(tensors, strict=True)
+    return heads
+
+
+def load_exit_heads(path: str | os.PathLike, backbone: SkippableViT) -> ExitHeads:
+    """The exit heads stored in ``path``, for ``backbone``, which must hold the weights they were trained on.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: (``VitskipFileError``) the heads were trained on another backbone (other shape or
+            other weights), or the file is malformed; the message says what to load instead.
+    """
+    where = where_of(Path(path).expanduser())
+    config, groups = read_exit_file(path)
+    stored = require(config, "backbone_sha256", str, where)
+    if stored != backbone_fingerprint(backbone):
+        raise VitskipFileError(
+            f"{where}: its exit heads were trained on another backbone (weights SHA-256 {stored[:12]}..., this backbone's "
+            f"is {backbone_fingerprint(backbone)[:12]}...). Load the backbone stored with them "
+            "(vitskip_env.deploy.EarlyExitViT.load(path)), or train heads for this backbone: "
+            "python train/exits.py --backbone <its file>."
+        )
+    return heads_from_file(config, groups["exits."], backbone, where).to(next(backbone.parameters()).device)
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "heads_from_file", "load_exit_heads", "read_exit_file"]
