@@ -136,7 +136,7 @@ def test_heads_refuse_another_backbone(tmp_path: Path, vit: SkippableViT) -> Non
 
 def test_a_backbone_file_is_not_an_exit_file(tmp_path: Path, vit: SkippableViT) -> None:
     path = vit.save(tmp_path / "bb.safetensors")
-    with pytest.raises(VitskipFileError, match="load it with vitskip_env.load_backbone"):
+    with pytest.raises(VitskipFileError, match=r"load it with vitskip_env\.load_backbone"):
         EarlyExitViT.load(path)
 
 
