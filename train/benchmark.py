@@ -13,6 +13,10 @@ Top-1 on the whole test split; speed on real test images at each batch size, int
 call in this one process (medians); peak working memory in a fresh process per configuration.
 Writes ``benchmark.csv`` / ``.parquet`` / ``.png`` / ``.svg`` / ``.md`` into ``--out``.
 
+``--exits FILE`` benchmarks an early-exit model (``train/exits.py``) instead: its four threshold rules
+with LGViT heads and with linear exits, at LGViT's defaults and calibrated on ``val`` to an accuracy,
+against the static backbone and (with ``--run``) a skip-only DynamicViT (``train/benchmark_exits.py``).
+
 ``--arch`` measures speed only, on any timm ViT geometry: a random-weight backbone with a
 random-weight policy of the agents' default network, calibrated to execute ``--execute-fraction``
 of the blocks (``vitskip_env.measure.synthetic``), on the test images resized to ``--img-size``. No
@@ -85,6 +89,11 @@ class Args:
     """--arch: input size (default: the architecture's; test images are resized to it)"""
     execute_fraction: float = 0.33
     """--arch: mean fraction of blocks the calibrated random policy executes"""
+    exits: str | None = None
+    """an EarlyExitViT file (train/exits.py): time its threshold rules against the static backbone (and --run's
+    skip-only DynamicViT when given); writes exits.md"""
+    match_top1: float | None = None
+    """--exits: top-1 the matched thresholds must reach on val (default: --run's test top-1, else static - 0.5)"""
     malloc_tuning: bool = True
     """restart with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set (unless already set)"""
 
@@ -144,6 +153,10 @@ def main(args: Args) -> Path:
         raise ValueError(f"--dtype must be fp32 or bf16, got {args.dtype!r}")
     if args.arch:
         return main_synthetic(args, device, dtype)
+    if args.exits:
+        from benchmark_exits import main_exits
+
+        return main_exits(args, device, dtype)
     if args.model:
         model_file, run_dir = Path(args.model), None
     else:

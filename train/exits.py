@@ -207,7 +207,7 @@ def main(args: Args) -> Path:
     if ckpt is not None:
         opt.load_state_dict(ckpt.pop("opt"))
         sched.load_state_dict(ckpt.pop("sched"))
-        state.update({k: ckpt[k] for k in state if k in ckpt})
+        state.update({k: ckpt[k] for k in (*state, "rng") if k in ckpt})
         print(f"resumed from {outputs.checkpoint} at epoch {state['epoch']} step {state['step']} of {total_epochs}")
     g = torch.Generator(device=device)
 
@@ -229,6 +229,8 @@ def main(args: Args) -> Path:
                 opt, sched = _optimizer(2, backbone, heads, args, steps * args.stage2_epochs)
             g.manual_seed(args.seed * 1000 + epoch)
             perm = torch.randperm(len(train), device=device, generator=g)[:n_train]
+            if state["step"] and "rng" in state:  # mid-epoch resume: the same crops and block drops as without it
+                g.set_state(state["rng"].cpu())
             backbone.train(s == 1)
             heads.train()
             backbone.requires_grad_(s == 1)
@@ -237,11 +239,12 @@ def main(args: Args) -> Path:
                 idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
                 loss = _step(s, step + epoch * steps, backbone, heads, opt, train, idx, args, g)
                 sched.step()
-                state["step"] = step + 1
+                state["step"], state["rng"] = step + 1, g.get_state()
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss:.3f}")
             state["elapsed"] += time.perf_counter() - t0
             state.update(epoch=epoch + 1, step=0)
+            state.pop("rng", None)
             if state["epoch"] in (args.stage1_epochs, total_epochs):
                 row = {"stage": s, "epoch": state["epoch"], "minutes": round(state["elapsed"] / 60, 2)}
                 row.update(evaluate(model, test, args.eval_images))

@@ -158,11 +158,14 @@ def simulate(rule: ExitRule, exit_logits: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def sweep_values(kind: str, n_points: int) -> list[float] | list[int]:
-    """The thresholds (or patiences) a sweep of ``kind`` tries, from the most eager to exit to the least."""
+    """The thresholds (or patiences) a sweep of ``kind`` tries, from the most eager to exit to the least.
+
+    The last value (almost) never exits, so a sweep always reaches the final classifier's accuracy.
+    """
     if kind == "confidence":
-        return [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999]
+        return [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0]
     if kind in ("entropy", "patient_confident"):
-        return [2.0, 1.5, 1.2, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02, 0.01]
+        return [2.0, 1.5, 1.2, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02, 0.01, 0.001, 1e-6]
     if kind == "patience":
         return list(range(1, n_points + 1))
     raise ValueError(f"unknown exit rule {kind!r}; choose from {list(RULES)}")

@@ -1,0 +1,139 @@
+"""``train/benchmark.py --exits FILE``: early-exit rules against the static backbone (and a skip-only run), measured.
+
+Contenders, all on the same test images and timed interleaved in one process:
+
+* ``static``: the exit model's backbone, every block;
+* ``skip``: the ``DynamicViT`` of ``--run`` (skip-only RL), when given;
+* for the LGViT heads and for ``linear`` exits at the same positions (the backbone's own head at
+  each depth; the ablation LGViT's baselines use): each of the four rules at LGViT's defaults, and
+  each rule with the knob calibrated on ``val`` to the cheapest setting that reaches ``--match-top1``
+  (default: the skip-only run's test top-1, else the static top-1 minus 0.5).
+
+Writes ``exits.csv`` and ``exits.md`` (top-1, mean blocks run, LGViT's proxy, FLOPs ratio and the
+measured speed-up at every batch size) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vitskip_env import make_dataset
+from vitskip_env.deploy import RULES, DynamicViT, EarlyExitViT, ExitRule, calibrate
+from vitskip_env.files import atomic_path, atomic_write_text
+from vitskip_env.measure import score
+from vitskip_env.measure.exits import ExitCosts, all_exit_logits, measure_exit_speed, rule_row
+from vitskip_env.model import ExitHeads
+
+
+def exit_contenders(model: EarlyExitViT, val, test, match_top1: float, top1_images: int | None) -> list[dict]:
+    """One row per (head set, rule, knob): the rule, its model, and its test accuracy and cost figures."""
+    linear = model.with_rule(model.rule)
+    linear.exits = ExitHeads(model.backbone, model.exits.positions, ["linear"] * len(model.exits))
+    rows = []
+    for heads_name, m in (("lgvit", model), ("linear", linear)):
+        costs = ExitCosts.of(m)
+        val_logits = all_exit_logits(m, val)
+        test_logits = all_exit_logits(m, test, top1_images)
+        labels = test.labels[: test_logits.shape[1]]
+        point_flops = costs.per_point(m.exits.positions)
+        for kind in RULES:
+            rules = {"default": ExitRule(kind).for_exits(m.n_points)}
+            try:
+                rules["matched"] = calibrate(
+                    kind, val_logits, val.labels[: val_logits.shape[1]], point_flops, min_top1=match_top1
+                )
+            except ValueError as exc:
+                print(f"  {heads_name} {kind}: {exc}; no matched contender", file=sys.stderr)
+            for knob, rule in rules.items():
+                row = {
+                    "heads": heads_name,
+                    "rule": rule.label(),
+                    "knob": knob,
+                    **rule_row(m, rule, test_logits, labels, costs),
+                }
+                row["model"] = m.with_rule(rule).eval()
+                rows.append(row)
+    return rows
+
+
+def main_exits(args, device: torch.device, dtype: torch.dtype) -> Path:
+    """Measure every exit contender; write ``exits.csv`` / ``exits.md`` under ``--out``."""
+    model = EarlyExitViT.load(args.exits, device=device)
+    dataset = args.dataset or model.meta.get("dataset", "shapes")
+    test = make_dataset(dataset, "test", args.data_root, False, device)
+    val = make_dataset(dataset, "val", args.data_root, False, device)
+    static_top1 = score(model.backbone, test, n_images=args.top1_images).top1
+    skip = None
+    if args.run:
+        skip = DynamicViT.load(Path(args.run) / "dynamic_vit.safetensors", device=device)
+        s = score(skip, test, n_images=args.top1_images)
+        skip_row = {"heads": "-", "rule": "skip-only RL (--run)", "knob": "-", "top1": s.top1,
+                    "mean_blocks": s.executed_blocks, "lgvit_proxy": skip.depth / s.executed_blocks,
+                    "flops_ratio": float("nan")}  # fmt: skip
+    target = args.match_top1 if args.match_top1 is not None else (skip_row["top1"] if skip else static_top1 - 0.5)
+    out = Path(args.out) if args.out else Path(args.exits).with_suffix("") / "benchmark"
+    print(f"exit benchmark of {args.exits} on {dataset} test, {device} {args.dtype}, {torch.get_num_threads()} threads; "
+          f"static top-1 {static_top1:.2f}, matched thresholds target {target:.2f} on val -> {out}")  # fmt: skip
+    rows = exit_contenders(model, val, test, target, args.top1_images)
+    static_row = {"heads": "-", "rule": "static (every block)", "knob": "-", "top1": static_top1,
+                  "mean_blocks": float(model.backbone.depth), "lgvit_proxy": 1.0, "flops_ratio": 1.0}  # fmt: skip
+    table = [static_row] + ([skip_row] if skip else []) + rows
+    for r in table:
+        print(f"  {r['heads']:6s} {r['rule']:24s} {r['knob']:8s} top-1 {r['top1']:6.2f}  blocks {r['mean_blocks']:.2f}  "
+              f"proxy {r['lgvit_proxy']:.2f}x  flops {r['flops_ratio']:.2f}x")  # fmt: skip
+    names = {f"{r['heads']}|{r['rule']}|{r['knob']}": r for r in rows}
+    contenders = {name: r["model"] for name, r in names.items()}
+    if skip is not None:
+        contenders["skip"] = skip
+    model.backbone.to(dtype)
+    if skip is not None:
+        skip.backbone.to(dtype)
+    for bs in args.batch_sizes:
+        speed = measure_exit_speed(contenders, model.backbone, test, bs, images_per_round=args.images_per_round,
+                                   rounds=args.rounds, warmup=args.warmup, dtype=dtype)  # fmt: skip
+        static_row[f"speedup_{bs}"] = 1.0
+        static_row[f"img_s_{bs}"] = speed["static"]["images_per_s"]
+        if skip is not None:
+            skip_row[f"speedup_{bs}"] = speed["skip"]["speedup"]
+        for name, r in names.items():
+            r[f"speedup_{bs}"] = speed[name]["speedup"]
+        print(f"  batch {bs}: static {speed['static']['images_per_s']:.0f} img/s; "
+              + ", ".join(f"{n} x{s['speedup']:.2f}" for n, s in speed.items() if n != "static"))  # fmt: skip
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "model"} for r in table])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "exits.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    command = "python " + " ".join(["train/benchmark.py", *sys.argv[1:]])
+    atomic_write_text(out / "exits.md", markdown(frame, args, dataset, device, command, target, len(test)))
+    print((out / "exits.md").read_text(encoding="utf-8"))
+    return out
+
+
+def markdown(frame: pd.DataFrame, args, dataset: str, device: torch.device, command: str, target: float, n_test: int) -> str:
+    """The README-ready table."""
+    sizes = list(args.batch_sizes)
+    head = "| exits | rule | knob | top-1 (%) | mean blocks | LGViT proxy | FLOPs ratio | " + " | ".join(
+        f"speed-up b{bs}" for bs in sizes) + " |"  # fmt: skip
+    lines = [
+        f"# Early exit vs static: {dataset}, {device.type} {args.dtype}, {torch.get_num_threads()} threads",
+        "",
+        f"Exit model `{Path(args.exits).name}`"
+        + (f", skip-only run `{Path(args.run).name}`" if args.run else "")
+        + f"; top-1 on {args.top1_images or n_test:,} test images. Regenerate with `{command}`. *matched*: the "
+        f"cheapest knob whose `val` top-1 reaches {target:.2f}. *LGViT proxy* = depth / mean blocks run (heads free); "
+        "*FLOPs ratio* counts the heads; speed-ups are measured: medians of per-round ratios to the static backbone, "
+        "every contender interleaved call by call in one process, exited images really leaving the batch.",
+        "",
+        head,
+        "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(sizes),
+    ]
+    for _, r in frame.iterrows():
+        flops = "-" if pd.isna(r["flops_ratio"]) else f"{r['flops_ratio']:.2f}x"
+        speeds = " | ".join(f"{r[f'speedup_{bs}']:.2f}x" for bs in sizes)
+        lines.append(f"| {r['heads']} | `{r['rule']}` | {r['knob']} | {r['top1']:.2f} | {r['mean_blocks']:.2f} "
+                     f"| {r['lgvit_proxy']:.2f}x | {flops} | {speeds} |")  # fmt: skip
+    return "\n".join(lines) + "\n"

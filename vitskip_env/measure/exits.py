@@ -1,0 +1,121 @@
+"""Early-exit contenders on one plane: top-1, mean exit depth, LGViT's proxy, FLOPs and measured speed.
+
+For an :class:`~vitskip_env.deploy.EarlyExitViT` (its backbone is the static contender), every
+threshold rule is scored on the test split from all exit points' logits (one pass, :func:`simulate`:
+the same decisions the batched model takes) and then timed as a real batched model whose exited
+rows leave the batch, interleaved call by call with the static backbone and any other model
+(e.g. a skip-only ``DynamicViT``) in one process (:func:`vitskip_env.measure.speed.compare_speed`).
+
+Three cost views per contender, side by side:
+
+* ``lgvit_proxy = depth / mean blocks run`` (LGViT's reported "speed-up": a layer count, heads free);
+* ``flops_ratio``: static FLOPs / the contender's mean FLOPs per image, counting the patch
+  embedding, the blocks run, every exit head evaluated on the way and the final classifier;
+* ``speedup``: measured wall-clock, median of per-round ratios to the static backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..data import ImageDataset
+from ..deploy import EarlyExitViT, ExitRule, simulate
+from ..model import SkippableViT
+from .speed import compare_speed
+
+
+@dataclass
+class ExitCosts:
+    """FLOPs per image of the pieces of an exit model (one image, counted with torch's FLOP counter)."""
+
+    embed: float
+    blocks: list[float]
+    heads: list[float]
+    final: float
+
+    @classmethod
+    def of(cls, model: EarlyExitViT) -> ExitCosts:
+        """Count the pieces of ``model`` (the final classifier = norm + head)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        vit = model.backbone
+        p = next(vit.parameters())
+        x = torch.zeros(1, 3, vit.img_size, vit.img_size, device=p.device, dtype=p.dtype)
+        with torch.no_grad():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                tokens = vit.embed(x)
+            embed = counter.get_total_flops()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                vit.head(tokens)
+            final = counter.get_total_flops()
+        return cls(
+            float(embed), [float(f) for f in vit.block_flops()], [float(f) for f in model.exits.head_flops(vit)], float(final)
+        )
+
+    @property
+    def static(self) -> float:
+        """FLOPs of the unmodified backbone."""
+        return self.embed + sum(self.blocks) + self.final
+
+    def per_point(self, positions: tuple[int, ...]) -> torch.Tensor:
+        """FLOPs of an image that leaves at each exit point (the final classifier last)."""
+        blocks = torch.tensor(self.blocks, dtype=torch.float64).cumsum(0)
+        heads = torch.tensor(self.heads, dtype=torch.float64).cumsum(0)
+        out = [self.embed + blocks[p] + heads[k] for k, p in enumerate(positions)]
+        out.append(self.embed + blocks[-1] + (heads[-1] if len(self.heads) else 0.0) + self.final)
+        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in out])
+
+
+@torch.no_grad()
+def all_exit_logits(model: EarlyExitViT, ds: ImageDataset, limit: int | None = None, batch_size: int = 500) -> torch.Tensor:
+    """``(P, N, C)`` logits of every exit point on the first ``limit`` images of ``ds`` (every block run)."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    dtype = next(model.backbone.parameters()).dtype
+    chunks = [model.exit_logits(ds.normalize(ds.images[i : min(i + batch_size, n)], dtype)) for i in range(0, n, batch_size)]
+    return torch.cat(chunks, 1)
+
+
+def rule_row(
+    model: EarlyExitViT, rule: ExitRule, logits: torch.Tensor, labels: torch.Tensor, costs: ExitCosts
+) -> dict[str, Any]:
+    """Top-1, mean blocks run, LGViT's proxy and FLOPs ratio of ``rule`` on precomputed logits."""
+    point, pred = simulate(rule, logits)
+    point = point.cpu()
+    depth = model.backbone.depth
+    blocks = torch.tensor([p + 1 for p in model.exits.positions] + [depth], dtype=torch.float64)[point].mean().item()
+    flops = costs.per_point(model.exits.positions)[point].mean().item()
+    return {
+        "top1": 100.0 * (pred.cpu() == labels.cpu()).double().mean().item(),
+        "mean_blocks": blocks,
+        "lgvit_proxy": depth / blocks,
+        "flops_ratio": costs.static / flops,
+    }
+
+
+def measure_exit_speed(
+    contenders: Mapping[str, Callable[[torch.Tensor], object]],
+    static: SkippableViT,
+    ds: ImageDataset,
+    batch_size: int,
+    *,
+    images_per_round: int = 2048,
+    max_batches: int = 8,
+    rounds: int = 7,
+    warmup: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, dict[str, float]]:
+    """Images/s and speed-up against ``static`` of every contender at one batch size, interleaved, on real images."""
+    n_batches = max(1, min(max_batches, images_per_round // batch_size, len(ds) // batch_size))
+    batches = [ds.normalize(ds.images[i * batch_size : (i + 1) * batch_size], dtype) for i in range(n_batches)]
+    if batches[-1].shape[0] < batch_size:
+        raise ValueError(f"batch size {batch_size} is larger than the split ({len(ds)} images); use smaller batches")
+    return compare_speed({"static": static, **contenders}, batches, rounds=rounds, warmup=warmup, baseline="static")
+
+
+__all__ = ["ExitCosts", "all_exit_logits", "measure_exit_speed", "rule_row"]
