@@ -89,8 +89,9 @@ def test_bad_arguments_are_refused_before_any_file(backbone_file: Path, tmp_path
 def test_exit_benchmark_times_every_rule(backbone_file: Path, tmp_path: Path) -> None:
     model_file = train_exits.main(_args(backbone_file, tmp_path / "ee.safetensors", stage2_epochs=0))
     out = tmp_path / "bench"
-    cmd = [sys.executable, "train/benchmark.py", "--exits", str(model_file), "--batch-sizes", "1", "16", "--rounds", "1",
-           "--images-per-round", "32", "--top1-images", "200", "--match-top1", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
+    cmd = [sys.executable, "train/benchmark.py", "--exits", str(model_file), "--batch-sizes", "1", "16",
+           "--rounds", "1", "--images-per-round", "32", "--top1-images", "200", "--match-top1", "0", "--threads", "1",
+           "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "exits.md").read_text()
