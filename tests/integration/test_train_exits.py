@@ -25,6 +25,12 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return vit.save(tmp_path_factory.mktemp("bb") / "micro-shapes.safetensors", dataset="shapes")
 
 
+@pytest.fixture(scope="module")
+def whole_run(backbone_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted tiny two-stage run (shared by the tests that compare against it)."""
+    return train_exits.main(_args(backbone_file, tmp_path_factory.mktemp("whole") / "whole.safetensors"))
+
+
 def _args(backbone: Path, out: Path, **overrides) -> train_exits.Args:
     base = dict(backbone=str(backbone), out=str(out), train_images=256, batch_size=64, eval_images=200,
                 stage1_epochs=1, stage2_epochs=1, threads=1)  # fmt: skip
@@ -32,8 +38,8 @@ def _args(backbone: Path, out: Path, **overrides) -> train_exits.Args:
     return train_exits.Args(**base)
 
 
-def test_two_stages_write_a_loadable_model_and_a_record(backbone_file: Path, tmp_path: Path) -> None:
-    out = train_exits.main(_args(backbone_file, tmp_path / "ee.safetensors"))
+def test_two_stages_write_a_loadable_model_and_a_record(backbone_file: Path, whole_run: Path, tmp_path: Path) -> None:
+    out = whole_run
     model = EarlyExitViT.load(out)
     assert model.exits.positions == (1, 2) and model.exits.kinds == ("local", "global2")  # the 4-block default
     record = out.with_suffix(".md").read_text()
@@ -50,9 +56,9 @@ def test_two_stages_write_a_loadable_model_and_a_record(backbone_file: Path, tmp
 
 @pytest.mark.parametrize("at_step", [3, 6])  # in stage 1, in stage 2 (4 steps per epoch)
 def test_an_interrupted_training_resumes_to_the_same_model(
-    backbone_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_step: int
+    backbone_file: Path, whole_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at_step: int
 ) -> None:
-    whole = train_exits.main(_args(backbone_file, tmp_path / "whole.safetensors"))
+    whole = whole_run
     real, calls = train_exits._step, []
 
     def interrupt(*a, **k):
