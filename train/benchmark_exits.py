@@ -26,15 +26,12 @@ from vitskip_env.deploy import RULES, DynamicViT, EarlyExitViT, ExitRule, calibr
 from vitskip_env.files import atomic_path, atomic_write_text
 from vitskip_env.measure import score
 from vitskip_env.measure.exits import ExitCosts, all_exit_logits, measure_exit_speed, rule_row
-from vitskip_env.model import ExitHeads
 
 
 def exit_contenders(model: EarlyExitViT, val, test, match_top1: float, top1_images: int | None) -> list[dict]:
     """One row per (head set, rule, knob): the rule, its model, and its test accuracy and cost figures."""
-    linear = model.with_rule(model.rule)
-    linear.exits = ExitHeads(model.backbone, model.exits.positions, ["linear"] * len(model.exits))
     rows = []
-    for heads_name, m in (("lgvit", model), ("linear", linear)):
+    for heads_name, m in (("lgvit", model), ("linear", model.with_linear_exits())):
         costs = ExitCosts.of(m)
         val_logits = all_exit_logits(m, val)
         test_logits = all_exit_logits(m, test, top1_images)

@@ -30,12 +30,14 @@ import backbone_checks
 import common
 import torch
 import tyro
+from backbone import lr_factor
 from tqdm import tqdm
 
 from vitskip_env import make_dataset
 from vitskip_env.data.augment import augment_kwargs, random_crop_flip
-from vitskip_env.deploy import RULES, EarlyExitViT, ExitRule, point_costs, simulate
+from vitskip_env.deploy import RULES, EarlyExitViT, ExitRule
 from vitskip_env.files import atomic_path, atomic_write_text, cache_dir
+from vitskip_env.measure.exits import ExitCosts, all_exit_logits, rule_row
 from vitskip_env.model import ExitHeads, find_backbone, load_backbone
 from vitskip_env.model.exit_training import exit_outputs, stage1_loss, stage2_loss
 
@@ -128,47 +130,23 @@ def _optimizer(stage: int, backbone, heads: ExitHeads, args: Args, total: int):
         groups.append({"params": list(backbone.parameters()), "lr": args.stage1_lr})
     opt = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     warmup = max(1, total // 20)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-@torch.no_grad()
-def point_logits(model: EarlyExitViT, data, limit: int | None, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """All exit points' logits ``(P, N, C)`` and the labels, every block run."""
-    n = len(data) if limit is None else min(limit, len(data))
-    was = model.training
-    model.eval()
-    chunks = [model.exit_logits(data.normalize(data.images[i : min(i + batch, n)])) for i in range(0, n, batch)]
-    model.train(was)
-    return torch.cat(chunks, 1), data.labels[:n]
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, 0.02))
 
 
 def evaluate(model: EarlyExitViT, data, limit: int | None) -> dict:
     """Per-exit top-1 of the heads and of linear exits at the same positions, and each rule at LGViT's defaults."""
-    logits, labels = point_logits(model, data, limit)
-    linear = model.with_rule(model.rule)
-    linear.exits = ExitHeads(model.backbone, model.exits.positions, ["linear"] * len(model.exits))
-    lin_logits, _ = point_logits(linear, data, limit)
+    was = model.training
+    model.eval()
+    logits = all_exit_logits(model, data, limit)
+    lin_logits = all_exit_logits(model.with_linear_exits(), data, limit)
+    model.train(was)
+    labels = data.labels[: logits.shape[1]]
     top1 = lambda z: [round(100 * (p.argmax(-1) == labels).float().mean().item(), 2) for p in z]  # noqa: E731
-    depth = model.backbone.depth
-    blocks = torch.tensor([p + 1 for p in model.exits.positions] + [depth], dtype=torch.float64)
-    costs = point_costs([1.0] * depth, model.exits.positions, [0.0] * len(model.exits), 0.0)
+    costs = ExitCosts.of(model)
     rules = {}
     for kind in RULES:
         rule = ExitRule(kind).for_exits(model.n_points)
-        point, pred = simulate(rule, logits)
-        mean_blocks = blocks[point.cpu()].mean().item()
-        rules[rule.label()] = {
-            "top1": round(100 * (pred == labels).float().mean().item(), 2),
-            "mean_blocks": round(mean_blocks, 3),
-            "lgvit_proxy": round(depth / mean_blocks, 3),
-            "cost_check": round(costs[point.cpu()].mean().item(), 3),
-        }
+        rules[rule.label()] = {k: round(v, 3) for k, v in rule_row(model, rule, logits, labels, costs).items()}
     return {"heads": top1(logits), "linear": top1(lin_logits), "rules": rules}
 
 
@@ -273,32 +251,13 @@ def _step(stage: int, call: int, backbone, heads: ExitHeads, opt, train, idx, ar
         logits, _, _ = exit_outputs(backbone, heads, x, mask)
         loss = stage1_loss(logits, labels, heads, call, args.label_smoothing)
     else:
-        logits, feats, last = _stage2_outputs(backbone, heads, x)
+        logits, feats, last = exit_outputs(backbone, heads, x, frozen=True)
         loss = stage2_loss(logits, feats, last, labels, heads)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 1.0)
     opt.step()
     return loss.item()
-
-
-def _stage2_outputs(backbone, heads: ExitHeads, x: torch.Tensor):
-    """Exit logits and features with the frozen backbone run under ``no_grad`` (its token states are detached inputs)."""
-    with torch.no_grad():
-        tokens = backbone.embed(x)
-        states = []
-        for i in range(backbone.depth):
-            tokens = backbone.blocks[i](tokens)
-            if heads.index_at(i) is not None:
-                states.append(tokens)
-        final = backbone.head(tokens)
-    logits, feats = [], []
-    for k, t in enumerate(states):
-        z, f = heads.logits_and_features(k, t, backbone)
-        logits.append(z)
-        feats.append(f)
-    logits.append(final)
-    return logits, feats, tokens
 
 
 def _write_outputs(model: EarlyExitViT, outputs, args: Args, src: Path, state: dict, train) -> None:
@@ -333,9 +292,14 @@ def _record(model: EarlyExitViT, args: Args, src: Path, state: dict) -> str:
     for k, name in enumerate(names):
         cells = [f"{state['baseline'][k]:.2f}"] + [f"{r['linear'][k]:.2f} | {r['heads'][k]:.2f}" for r in state["history"]]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    rule_rows = ["| rule | top-1 | mean blocks run | LGViT's proxy (depth / mean exit layer) |", "|---|---:|---:|---:|"]
+    rule_rows = [
+        "| rule | top-1 | mean blocks run | LGViT's proxy (depth / mean exit layer) | FLOPs ratio (heads counted) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for label, m in last["rules"].items():
-        rule_rows.append(f"| `{label}` | {m['top1']:.2f} | {m['mean_blocks']:.2f} | {m['lgvit_proxy']:.2f}x |")
+        rule_rows.append(
+            f"| `{label}` | {m['top1']:.2f} | {m['mean_blocks']:.2f} | {m['lgvit_proxy']:.2f}x | {m['flops_ratio']:.2f}x |"
+        )
     return (
         f"# Exit heads on `{src.name}`\n\nMade by:\n\n```bash\npython train/exits.py {flags}\n```\n\n"
         f"{args.dataset} test split ({args.eval_images or 'all'} images), torch {torch.__version__}, "

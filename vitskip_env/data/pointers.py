@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .drawing import muted_background
-from .procedural import Generator, render_chunked
+from .procedural import Generator, render_chunked, scene_arrays
 
 GRID = 4
 CELL = 8
@@ -145,8 +145,7 @@ def render(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ``images`` uint8 (n, 3, 32, 32), ``labels`` int64 (n,) balanced over the 16 cells,
         ``difficulty`` float32 (n,) in [0, 1] (the mean of the five factors).
     """
-    scenes = render_scenes(n, seed)
-    return scenes["images"], scenes["labels"], scenes["factors"].mean(1).astype(np.float32)
+    return scene_arrays(render_scenes(n, seed))
 
 
 def render_scenes(n: int, seed: int) -> dict[str, np.ndarray]:

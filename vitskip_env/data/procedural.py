@@ -140,3 +140,8 @@ def render_chunked(
     out = {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
     out["labels"] = labels.numpy().astype(np.int64)
     return out
+
+
+def scene_arrays(scenes: dict[str, np.ndarray]) -> Arrays:
+    """``(images, labels, difficulty)`` from a ``render_scenes`` dict: difficulty = the mean of its ``factors``."""
+    return scenes["images"], scenes["labels"], scenes["factors"].mean(1).astype(np.float32)

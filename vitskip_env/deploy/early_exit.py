@@ -70,6 +70,16 @@ class EarlyExitViT(nn.Module):
         out.meta = dict(self.meta)
         return out.train(self.training)
 
+    def with_linear_exits(self) -> EarlyExitViT:
+        """The same backbone and rule with ``linear`` exits (the backbone's own head) at the same positions.
+
+        The ablation LGViT's baselines use: exits that cost only the final norm and classifier.
+        """
+        heads = ExitHeads(self.backbone, self.exits.positions, ["linear"] * len(self.exits))
+        out = EarlyExitViT(self.backbone, heads, self.rule)
+        out.meta = dict(self.meta)
+        return out.train(self.training)
+
     def forward(self, images: torch.Tensor, return_exits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B, C)``; with ``return_exits``, also the blocks each image ran before leaving ``(B,)``.
 

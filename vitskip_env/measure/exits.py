@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset
-from ..deploy import EarlyExitViT, ExitRule, simulate
+from ..deploy import EarlyExitViT, ExitRule, point_costs, simulate
 from ..model import SkippableViT
 from .speed import compare_speed
 
@@ -64,12 +64,8 @@ class ExitCosts:
         return self.embed + sum(self.blocks) + self.final
 
     def per_point(self, positions: tuple[int, ...]) -> torch.Tensor:
-        """FLOPs of an image that leaves at each exit point (the final classifier last)."""
-        blocks = torch.tensor(self.blocks, dtype=torch.float64).cumsum(0)
-        heads = torch.tensor(self.heads, dtype=torch.float64).cumsum(0)
-        out = [self.embed + blocks[p] + heads[k] for k, p in enumerate(positions)]
-        out.append(self.embed + blocks[-1] + (heads[-1] if len(self.heads) else 0.0) + self.final)
-        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in out])
+        """FLOPs of an image that leaves at each exit point (the final classifier last), embedding included."""
+        return self.embed + point_costs(self.blocks, positions, self.heads, self.final)
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +24,12 @@ from .exits import ExitHeads
 
 
 def exit_outputs(
-    backbone: SkippableViT, heads: ExitHeads, images: torch.Tensor, execute_mask: torch.Tensor | None = None
+    backbone: SkippableViT,
+    heads: ExitHeads,
+    images: torch.Tensor,
+    execute_mask: torch.Tensor | None = None,
+    *,
+    frozen: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor]:
     """Every exit point's logits (heads in order, then the final classifier), the heads' body outputs and the last tokens.
 
@@ -32,19 +39,25 @@ def exit_outputs(
         images: Normalised images ``(B, 3, H, W)``.
         execute_mask: ``bool (B, depth)`` blocks each image runs (skipped rows are really skipped);
             ``None`` runs every block.
+        frozen: Run the backbone (blocks and final classifier) without a graph (stage 2): only the
+            heads get gradients, and the token states they read are plain inputs.
     """
-    tokens = backbone.embed(images)
+    with torch.no_grad() if frozen else contextlib.nullcontext():
+        tokens = backbone.embed(images)
+        states = []
+        for i in range(backbone.depth):
+            rows = None if execute_mask is None else execute_mask[:, i]
+            tokens = backbone.run_block(i, tokens, rows)  # not in place: the states kept stay intact
+            if heads.index_at(i) is not None:
+                states.append(tokens)
+        final = backbone.head(tokens)
     logits: list[torch.Tensor] = []
     feats: list[torch.Tensor | None] = []
-    for i in range(backbone.depth):
-        rows = None if execute_mask is None else execute_mask[:, i]
-        tokens = backbone.run_block(i, tokens, rows)
-        k = heads.index_at(i)
-        if k is not None:
-            out, feat = heads.logits_and_features(k, tokens, backbone)
-            logits.append(out)
-            feats.append(feat)
-    logits.append(backbone.head(tokens))
+    for k, state in enumerate(states):
+        out, feat = heads.logits_and_features(k, state, backbone)
+        logits.append(out)
+        feats.append(feat)
+    logits.append(final)
     return logits, feats, tokens
 
 

@@ -22,13 +22,6 @@ def scenes() -> dict[str, np.ndarray]:
     return pointers.render_scenes(960, seed=4)
 
 
-def test_render_is_a_pure_function_of_seed() -> None:
-    a, b, c = pointers.render(N, 5), pointers.render(N, 5), pointers.render(N, 6)
-    for x, y in zip(a, b, strict=True):
-        assert x.dtype == y.dtype and np.array_equal(x, y)
-    assert not np.array_equal(a[0], c[0])
-
-
 def test_format_and_balance(scenes: dict[str, np.ndarray]) -> None:
     assert scenes["images"].shape == (960, 3, 32, 32) and scenes["images"].dtype == np.uint8
     assert np.bincount(scenes["labels"], minlength=16).tolist() == [60] * 16

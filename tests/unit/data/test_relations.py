@@ -25,13 +25,6 @@ def scenes() -> dict[str, np.ndarray]:
     return relations.render_scenes(1080, seed=11)
 
 
-def test_render_is_a_pure_function_of_seed() -> None:
-    a, b, c = relations.render(N, 5), relations.render(N, 5), relations.render(N, 6)
-    for x, y in zip(a, b, strict=True):
-        assert x.dtype == y.dtype and np.array_equal(x, y)
-    assert not np.array_equal(a[0], c[0])
-
-
 def test_format_balance_and_class_names(scenes: dict[str, np.ndarray]) -> None:
     images, labels = scenes["images"], scenes["labels"]
     assert images.shape == (1080, 3, 32, 32) and images.dtype == np.uint8 and labels.dtype == np.int64
