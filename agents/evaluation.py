@@ -70,7 +70,8 @@ def evaluate_agent(
         difficulty and executed blocks, when the dataset knows difficulty), ``throughput_ratio``
         (with ``throughput_fn``) and ``episodes`` (with ``return_episodes``: ``image_index``,
         ``label``, ``prediction``, ``correct``, ``confidence``, ``executed_blocks``, ``compute_ratio``, ``return``,
-        ``executed_mask`` ``(n, depth)`` and ``difficulty`` when known).
+        ``executed_mask`` ``(n, depth)``, ``difficulty`` when known and ``exit_block`` with
+        ``actions="skip_exit"``; plus ``exit_blocks``, the mean blocks passed before leaving).
     """
     venv = make_eval_env(env, min(num_envs, n_images or num_envs), split) if isinstance(env, Mapping) else env
     if venv.options.sampling != "sequential" or venv.autoreset_mode == AutoresetMode.SAME_STEP:
@@ -89,7 +90,8 @@ def evaluate_agent(
         if b:
             obs, _ = venv.reset()
         state, starts, total = None, np.ones(s, dtype=bool), np.zeros(s)
-        for _ in range(depth):
+        rows: dict[str, np.ndarray] = {}
+        for _ in range(depth):  # every episode ends within `depth` steps (each step passes a block or exits)
             extra = {"action_masks": venv.action_masks()} if masked else {}
             actions, state = agent.predict(
                 normalize(obs), state=state, episode_start=starts, deterministic=deterministic, **extra
@@ -97,8 +99,12 @@ def evaluate_agent(
             starts = np.zeros(s, dtype=bool)
             obs, rewards, _, _, infos = venv.step(np.asarray(actions).reshape(s))
             total += rewards
+            for key in _EPISODE_KEYS:  # each episode's end fields, taken on the step it ended
+                if key in infos:
+                    ended = infos[f"_{key}"]
+                    rows.setdefault(key, np.zeros_like(infos[key]))[ended] = infos[key][ended]
         keep = min(s, n - b * s)  # the last batch wraps around the split: drop the repeats
-        part = {k: np.asarray(infos[k])[:keep] for k in _EPISODE_KEYS if k in infos}
+        part = {k: v[:keep] for k, v in rows.items()}
         part["return"] = total[:keep]
         parts.append(part)
     ep = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -111,6 +117,8 @@ def evaluate_agent(
         "block_rates": ep["executed_mask"].mean(0).tolist(),
         "mean_return": float(ep["return"].mean()),
     }
+    if "exit_block" in ep:
+        result["exit_blocks"] = float(ep["exit_block"].mean())
     if "difficulty" in ep:
         result["difficulty_corr"] = spearman(ep["difficulty"], ep["executed_blocks"])
     if throughput_fn is not None:
@@ -130,4 +138,5 @@ _EPISODE_KEYS = (
     "compute_ratio",
     "executed_mask",
     "difficulty",
+    "exit_block",
 )

@@ -121,7 +121,7 @@ def _features(fe: nn.Module) -> nn.Module:
         rest = int(fe._observation_space.shape[0]) - d - depth
         return nn.Sequential(Columns([d, depth, rest], {"1": fe.head.block_embed}), fe.head.net)
     if isinstance(fe, DictSkipExtractor):
-        keys = ["token", "block", "executed_frac"]
+        keys = ["token", "block", "executed_frac"] + (["exit"] if fe.exits else [])
         return nn.Sequential(ConcatKeys(keys, {"block": fe.head.block_embed}), fe.head.net)
     return fe
 
@@ -136,8 +136,11 @@ def _sb3_net(policy: nn.Module) -> tuple[nn.Module, Decision]:
     from stable_baselines3.dqn.policies import DQNPolicy
 
     space = getattr(policy, "action_space", None)
-    if not isinstance(space, spaces.Discrete) or int(space.n) != 2:
-        raise NotImplementedError(f"a skip policy has 2 discrete actions (skip, execute); this one has {space}")
+    if not isinstance(space, spaces.Discrete) or int(space.n) not in (2, 3):
+        raise NotImplementedError(
+            f"a skip policy has 2 discrete actions (skip, execute) or 3 with actions='skip_exit' (skip, execute, exit); "
+            f"this one has {space}"
+        )
     if isinstance(policy, RecurrentActorCriticPolicy):
         raise NotImplementedError(
             "recurrent policies (RecurrentPPO) carry an LSTM state across blocks, which a SkipPolicy does not hold; "

@@ -35,6 +35,34 @@ from torch import nn
 
 DICT_KEYS = frozenset({"token", "block", "executed_frac"})
 TOKENS_KEYS = frozenset({"tokens", "block", "executed_frac"})
+#: The optional entry of envs with an exit action (``actions="skip_exit"``), ``[-1, 1]`` per feature.
+EXIT_KEY = "exit"
+
+
+def flat_parts(space: spaces.Space) -> tuple[int, int, int]:
+    """``(D, L, E)`` of a flat Box ``[token (D) | block (L) | executed_frac (1) | exit (E)]`` (``E = 0`` without exits).
+
+    Token entries reach below ``-1`` (bound ``-sqrt(D)``), exit entries are in ``[-1, 1]``, the
+    block one-hot and the executed fraction in ``[0, 1]``.
+
+    Raises:
+        ValueError: The space is not a ViTSkip flat observation space.
+    """
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"not a flat ViTSkip observation space (a 1-D Box): {space}")
+    low, high = np.asarray(space.low), np.asarray(space.high)
+    d = int((low < -1).sum())
+    e = int((low == -1).sum())
+    depth = space.shape[0] - d - 1 - e
+    n = space.shape[0]
+    ok = d > 0 and depth > 0 and (low[:d] < -1).all() and (low[d : n - e] == 0).all() and (high[d:] == 1).all()
+    ok = ok and (low[n - e :] == -1).all()
+    if not ok:
+        raise ValueError(
+            f"not a flat ViTSkip observation space [token (D) | block one-hot (L) | executed_frac (1) | exit (E)]: "
+            f"{space}; token entries must have a lower bound below -1, exit entries bounds [-1, 1], the rest [0, 1]"
+        )
+    return d, depth, e
 
 
 def flat_layout(space: spaces.Space) -> tuple[int, int]:
@@ -46,17 +74,7 @@ def flat_layout(space: spaces.Space) -> tuple[int, int]:
     Raises:
         ValueError: The space is not a ViTSkip flat observation space.
     """
-    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
-        raise ValueError(f"not a flat ViTSkip observation space (a 1-D Box): {space}")
-    low, high = np.asarray(space.low), np.asarray(space.high)
-    d = int((low < 0).sum())
-    depth = space.shape[0] - d - 1
-    ok = d > 0 and depth > 0 and (low[:d] < 0).all() and (low[d:] == 0).all() and (high[d:] == 1).all()
-    if not ok:
-        raise ValueError(
-            f"not a flat ViTSkip observation space [token (D) | block one-hot (L) | executed_frac (1)]: {space}; "
-            "token entries must have a negative lower bound and the rest bounds [0, 1]"
-        )
+    d, depth, _ = flat_parts(space)
     return d, depth
 
 
@@ -69,12 +87,14 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seque
 
 
 class _SkipHead(nn.Module):
-    """``MLP([features | block embedding | executed_frac])`` shared by all extractors."""
+    """``MLP([features | block embedding | executed_frac (and the exit entry)])`` shared by all extractors."""
 
-    def __init__(self, in_dim: int, depth: int, features_dim: int, hidden: Sequence[int], block_embed_dim: int) -> None:
+    def __init__(
+        self, in_dim: int, depth: int, features_dim: int, hidden: Sequence[int], block_embed_dim: int, rest_dim: int = 1
+    ) -> None:
         super().__init__()
         self.block_embed = nn.Linear(depth, block_embed_dim, bias=False)  # one-hot @ W == an embedding lookup
-        self.net = mlp([in_dim + block_embed_dim + 1, *hidden, features_dim])
+        self.net = mlp([in_dim + block_embed_dim + rest_dim, *hidden, features_dim])
 
     def forward(self, feat: torch.Tensor, block: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([feat, self.block_embed(block), frac], dim=1))
@@ -98,8 +118,8 @@ class FlatSkipExtractor(BaseFeaturesExtractor):
         block_embed_dim: int = 16,
     ) -> None:
         super().__init__(observation_space, features_dim)
-        self.embed_dim, self.depth = flat_layout(observation_space)
-        self.head = _SkipHead(self.embed_dim, self.depth, features_dim, hidden, block_embed_dim)
+        self.embed_dim, self.depth, exit_dims = flat_parts(observation_space)
+        self.head = _SkipHead(self.embed_dim, self.depth, features_dim, hidden, block_embed_dim, 1 + exit_dims)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         d, depth = self.embed_dim, self.depth
@@ -125,12 +145,19 @@ class DictSkipExtractor(BaseFeaturesExtractor):
     ) -> None:
         super().__init__(observation_space, features_dim)
         _check_keys(observation_space, DICT_KEYS)
+        self.exits = EXIT_KEY in observation_space.spaces
+        rest = 1 + (observation_space[EXIT_KEY].shape[0] if self.exits else 0)
         self.head = _SkipHead(
-            observation_space["token"].shape[0], observation_space["block"].shape[0], features_dim, hidden, block_embed_dim
+            observation_space["token"].shape[0],
+            observation_space["block"].shape[0],
+            features_dim,
+            hidden,
+            block_embed_dim,
+            rest,
         )
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(observations["token"], observations["block"], observations["executed_frac"])
+        return self.head(observations["token"], observations["block"], _rest(observations, self.exits))
 
 
 class TokenSkipExtractor(BaseFeaturesExtractor):
@@ -168,18 +195,26 @@ class TokenSkipExtractor(BaseFeaturesExtractor):
         self.query = nn.Parameter(torch.zeros(1, 1, attn_dim))
         self.query_block = nn.Linear(depth, attn_dim, bias=False)
         self.attn = nn.MultiheadAttention(attn_dim, num_heads, batch_first=True)
-        self.head = _SkipHead(attn_dim, depth, features_dim, hidden, block_embed_dim)
+        self.exits = EXIT_KEY in observation_space.spaces
+        rest = 1 + (observation_space[EXIT_KEY].shape[0] if self.exits else 0)
+        self.head = _SkipHead(attn_dim, depth, features_dim, hidden, block_embed_dim, rest)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         block = observations["block"]
         tokens = self.proj(observations["tokens"])  # (N, T, A)
         query = self.query + self.query_block(block).unsqueeze(1)  # (N, 1, A)
         pooled, _ = self.attn(query, tokens, tokens, need_weights=False)
-        return self.head(pooled.squeeze(1), block, observations["executed_frac"])
+        return self.head(pooled.squeeze(1), block, _rest(observations, self.exits))
+
+
+def _rest(observations: dict[str, torch.Tensor], exits: bool) -> torch.Tensor:
+    """``executed_frac``, and the exit entry after it when the env has one (the flat layout's order)."""
+    frac = observations["executed_frac"]
+    return torch.cat([frac, observations[EXIT_KEY]], dim=1) if exits else frac
 
 
 def _check_keys(space: spaces.Space, keys: frozenset[str]) -> None:
-    if not isinstance(space, spaces.Dict) or set(space.spaces) != keys:
+    if not isinstance(space, spaces.Dict) or set(space.spaces) - {EXIT_KEY} != keys:
         got = sorted(space.spaces) if isinstance(space, spaces.Dict) else type(space).__name__
         raise ValueError(f"expected a Dict observation space with keys {sorted(keys)}, got {got}")
 
@@ -191,7 +226,7 @@ def extractor_for(observation_space: spaces.Space) -> type[BaseFeaturesExtractor
         ValueError: The space is none of the ViTSkip observation spaces.
     """
     if isinstance(observation_space, spaces.Dict):
-        keys = set(observation_space.spaces)
+        keys = set(observation_space.spaces) - {EXIT_KEY}
         if keys == DICT_KEYS:
             return DictSkipExtractor
         if keys == TOKENS_KEYS:

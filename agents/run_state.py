@@ -194,8 +194,8 @@ def _capture_native(venv: Any) -> Parts:
     sampler, core = venv.sampler, venv.core
     p = Parts()
     p.json["num_envs"] = int(venv.num_envs)
-    p.json["sampler"] = {"mode": sampler.mode, "n": int(sampler.n), "position": int(sampler.position),
-                         "epoch": int(sampler.epoch), "rngs": [generator_state(r) for r in sampler.rngs]}  # fmt: skip
+    p.json["sampler"] = {"mode": sampler.mode, "n": int(sampler.n), "positions": sampler.positions.tolist(),
+                         "epochs": sampler.epochs.tolist(), "rngs": [generator_state(r) for r in sampler.rngs]}  # fmt: skip
     if sampler._keys is not None:
         p.arrays["sampler_keys"] = np.asarray(sampler._keys, dtype=np.uint64)
     p.json["autoreset"] = bool(getattr(venv, "_autoreset", False))
@@ -226,7 +226,12 @@ def _restore_native(venv: Any, p: Parts) -> None:
             "build it as the original run did"
         )
     sampler.rngs = [generator_from_state(s) for s in saved["rngs"]]
-    sampler.position, sampler.epoch = int(saved["position"]), int(saved["epoch"])
+    if "positions" in saved:  # per stream (episodes of different lengths)
+        sampler.positions = np.asarray(saved["positions"], dtype=np.int64)
+        sampler.epochs = np.asarray(saved["epochs"], dtype=np.int64)
+    else:  # checkpoints written before streams could drift apart: one position for all
+        sampler.positions = np.full(sampler.num_streams, int(saved["position"]), dtype=np.int64)
+        sampler.epochs = np.full(sampler.num_streams, int(saved["epoch"]), dtype=np.int64)
     sampler._keys = p.arrays["sampler_keys"].copy() if "sampler_keys" in p.arrays else None
     venv._autoreset = bool(p.json["autoreset"])
     device = core.device

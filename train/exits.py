@@ -36,9 +36,10 @@ from tqdm import tqdm
 from vitskip_env import make_dataset
 from vitskip_env.data.augment import augment_kwargs, random_crop_flip
 from vitskip_env.deploy import RULES, EarlyExitViT, ExitRule
-from vitskip_env.files import atomic_path, atomic_write_text, cache_dir
+from vitskip_env.files import atomic_path, atomic_write_text
 from vitskip_env.measure.exits import ExitCosts, all_exit_logits, rule_row
 from vitskip_env.model import ExitHeads, find_backbone, load_backbone
+from vitskip_env.model.exit_file import default_exit_path
 from vitskip_env.model.exit_training import exit_outputs, stage1_loss, stage2_loss
 
 
@@ -154,7 +155,7 @@ def main(args: Args) -> Path:
     """Train; write the ``EarlyExitViT`` file and its record at ``--out``; return its path."""
     check_args(args)
     src = resolve_backbone(args)
-    out = Path(args.out).expanduser() if args.out else cache_dir() / "exits" / f"{src.stem}-exits.safetensors"
+    out = Path(args.out).expanduser() if args.out else default_exit_path(src)
     outputs = backbone_checks.Outputs.at(out)
     total_epochs = args.stage1_epochs + args.stage2_epochs
     plan = SimpleNamespace(**asdict(args), epochs=total_epochs)

@@ -50,6 +50,11 @@ class RLArgs:
     """flat, dict or tokens"""
     min_blocks: int = 0
     """every image executes at least this many blocks"""
+    actions: str = "skip"
+    """skip (skip / execute each block) or skip_exit (also exit early with an exit head; needs --exits)"""
+    exits: str | None = None
+    """with --actions skip_exit: an exit file from train/exits.py (it carries its backbone) or 'linear' (the backbone's
+    own classifier as exits); default: train/exits.py's file for the backbone, if trained"""
     data_root: str | None = None
     """folder of real datasets (default $VITSKIP_DATA or the user cache)"""
     download: bool = False
@@ -88,6 +93,10 @@ def env_kwargs(args: RLArgs) -> dict[str, Any]:
     )  # fmt: skip
     if args.backbone is not None:
         kw["backbone"] = args.backbone
+    if args.actions != "skip":
+        kw["actions"] = args.actions
+    if args.exits is not None:
+        kw["exits"] = args.exits
     if args.data_root is not None:
         kw["data_root"] = args.data_root
     import gymnasium as gym

@@ -38,13 +38,20 @@ def write_run_report(run_dir: Path) -> Path | None:
 def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: Path, train_seconds: float) -> dict:
     """Export the DynamicViT, evaluate it against the static backbone, write eval.parquet and the summaries."""
     from agents import evaluate_agent, export_policy
-    from vitskip_env import DynamicViT, make_dataset
+    from vitskip_env import DynamicViT, SkipExitViT, make_dataset
     from vitskip_env.measure import compare_speed, score
 
     backbone = env.unwrapped.backbone
-    dyn = DynamicViT(backbone, export_policy(model, env)).eval()
-    dyn.save(run_dir / "dynamic_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
-    result = evaluate_agent(model, {**kwargs, "backbone": backbone}, n_images=args.final_eval_images, return_episodes=True)
+    heads = getattr(env.unwrapped.vector_env.core, "heads", None)  # actions="skip_exit"
+    eval_kwargs = {**kwargs, "backbone": backbone}
+    if heads is None:
+        dyn = DynamicViT(backbone, export_policy(model, env)).eval()
+        dyn.save(run_dir / "dynamic_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
+    else:
+        dyn = SkipExitViT(backbone, heads, export_policy(model, env)).eval()
+        dyn.save(run_dir / "skip_exit_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
+        eval_kwargs["exits"] = heads  # the same heads on the same backbone object
+    result = evaluate_agent(model, eval_kwargs, n_images=args.final_eval_images, return_episodes=True)
     episodes = result.pop("episodes")
     _write_eval_parquet(run_dir / "eval.parquet", episodes, env.unwrapped.dataset)
 
@@ -63,6 +70,7 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
         "top1_static": static.top1, "top1_dynamic": dynamic.top1,
         "executed_blocks": dynamic.executed_blocks, "executed_frac": dynamic.executed_frac,
         "agent_top1": result["top1"], "difficulty_corr": result.get("difficulty_corr"),
+        "exit_blocks": result.get("exit_blocks"),
         "block_rates": result["block_rates"], "mean_return": result["mean_return"],
         "speed": {str(bs): v for bs, v in speed.items()},
         "threads": torch.get_num_threads(), "device": str(backbone_device(backbone)),
@@ -94,7 +102,8 @@ def _summary_md(s: dict) -> str:
         "| model | top-1 (%) | executed blocks | of depth |",
         "|---|---:|---:|---:|",
         f"| static backbone | {s['top1_static']:.2f} | {s['depth']} | 1.00 |",
-        f"| DynamicViT | {s['top1_dynamic']:.2f} | {s['executed_blocks']:.2f} | {s['executed_frac']:.2f} |",
+        f"| {'SkipExitViT' if s.get('exit_blocks') is not None else 'DynamicViT'} | {s['top1_dynamic']:.2f} | "
+        f"{s['executed_blocks']:.2f} | {s['executed_frac']:.2f} |",
         "",
         "| batch | static img/s | dynamic img/s | speed-up (median of interleaved rounds) |",
         "|---:|---:|---:|---:|",
@@ -104,6 +113,8 @@ def _summary_md(s: dict) -> str:
                      f"{v['dynamic']['speedup']:.2f}x |")  # fmt: skip
     if s.get("difficulty_corr") is not None:
         lines += ["", f"Rank correlation of difficulty and executed blocks: {s['difficulty_corr']:+.3f}."]
+    if s.get("exit_blocks") is not None:
+        lines += ["", f"Mean blocks passed before leaving (exit or final classifier): {s['exit_blocks']:.2f} of {s['depth']}."]
     rates = " ".join(f"{r:.2f}" for r in s["block_rates"])
     lines += ["", f"Execute rate per block: {rates}", ""]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import gymnasium as gym
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .data import ImageDataset, available_datasets, make_dataset
-    from .deploy import DynamicViT, EarlyExitViT, ExitRule, SkipPolicy
+    from .deploy import DynamicViT, EarlyExitViT, ExitRule, SkipExitViT, SkipPolicy
     from .env import CotrainConfig, RewardContext, SkipCore, ViTSkipEnv, ViTSkipVectorEnv
     from .model import PRESETS, SkippableViT, load_backbone, rows_per_block
     from .observations import ObservationEncoder
@@ -64,6 +64,7 @@ _LAZY: dict[str, str] = {
     "SkipPolicy": "vitskip_env.deploy",
     "DynamicViT": "vitskip_env.deploy",
     "EarlyExitViT": "vitskip_env.deploy",
+    "SkipExitViT": "vitskip_env.deploy",
     "ExitRule": "vitskip_env.deploy",
     "ExitHeads": "vitskip_env.model",
     "SkipRules": "vitskip_env.rules",
@@ -109,6 +110,7 @@ __all__ = [
     "ObservationEncoder",
     "RewardContext",
     "SkipCore",
+    "SkipExitViT",
     "SkipPolicy",
     "SkipRules",
     "SkippableViT",

@@ -14,6 +14,14 @@ and adds the token features:
 * ``dict``: the same three pieces as named entries ``token``, ``block``, ``executed_frac``;
 * ``tokens``: the full ``(T, D)`` token state as ``tokens`` (for attention-based extractors).
 
+With exit heads (``actions="skip_exit"``, ``exit_features=True``) every mode adds ``exit`` ``(5,)``,
+what a threshold rule reads, so that a policy can be at least as good as one
+(:func:`exit_features`): ``[exit allowed, max softmax probability, entropy / log(C), top-2
+probability margin, patience run / exit points]`` of the exit head the episode just passed, each
+mapped from ``[0, 1]`` to ``[-1, 1]`` (all ``-1`` where it passed none: :data:`NO_EXIT`). The
+``[-1, 1]`` range also tells the entry apart in a flat Box: token entries reach below ``-1``,
+block and executed fraction stay in ``[0, 1]``.
+
 ``token`` is the class token, or the mean of the patch tokens for models without one
 (``global_pool="avg"`` ViTs). Token features are standardised per token with a parameter-free
 layer norm (zero mean, unit variance over ``D``; no learned scale, so it never changes when the
@@ -35,6 +43,28 @@ from gymnasium import spaces
 ObsMode = Literal["flat", "dict", "tokens"]
 OBS_MODES: tuple[str, ...] = ("flat", "dict", "tokens")
 Pool = Literal["cls", "mean"]
+#: The entries of the ``exit`` observation, in order.
+EXIT_FEATURES: tuple[str, ...] = ("exit_allowed", "max_prob", "entropy", "margin", "patience")
+
+
+def exit_features(logits: torch.Tensor, run: torch.Tensor, n_points: int) -> torch.Tensor:
+    """``float32 (N, 5)`` in ``[-1, 1]``: the ``exit`` observation of rows whose exit head gave ``logits`` (``(N, C)``).
+
+    Args:
+        logits: The exit head's logits.
+        run: ``(N,)`` exits in a row (this one included) with the same prediction (the patience count).
+        n_points: Exit points of the model (heads + the final classifier), to scale ``run`` into ``[0, 1]``.
+    """
+    probs = torch.softmax(logits.float(), -1)
+    top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+    margin = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0.0)
+    ent = -(probs * torch.log_softmax(logits.float(), -1)).sum(1) / math.log(max(logits.shape[1], 2))
+    cols = [torch.ones_like(margin), top2[:, 0], ent, margin, run.float() / n_points]
+    return torch.stack(cols, 1).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+
+
+#: The ``exit`` entry of a row that has no exit head to leave through (before the first exit point).
+NO_EXIT = -1.0
 
 
 def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
@@ -57,6 +87,7 @@ class ObservationEncoder:
         embed_dim: Token width ``D``.
         pool: ``"cls"`` (token 0) or ``"mean"`` (mean of the tokens after the ``num_prefix_tokens``).
         num_prefix_tokens: Class / register tokens in front of the patches (used by ``"mean"``).
+        exit_features: Add the ``exit`` entry (:data:`EXIT_FEATURES`; envs with ``actions="skip_exit"``).
 
     Example:
         >>> enc = ObservationEncoder("flat", depth=4, num_tokens=17, embed_dim=32)
@@ -73,6 +104,7 @@ class ObservationEncoder:
         embed_dim: int,
         pool: Pool = "cls",
         num_prefix_tokens: int = 1,
+        exit_features: bool = False,
     ) -> None:
         if mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {list(OBS_MODES)}, got {mode!r}")
@@ -84,6 +116,7 @@ class ObservationEncoder:
         self.embed_dim = embed_dim
         self.pool = pool
         self.num_prefix_tokens = num_prefix_tokens
+        self.exit_features = bool(exit_features)
         self.bound = float(np.float32(math.sqrt(embed_dim)))
         self._eye: torch.Tensor | None = None
 
@@ -96,13 +129,15 @@ class ObservationEncoder:
             "embed_dim": self.embed_dim,
             "pool": self.pool,
             "num_prefix_tokens": self.num_prefix_tokens,
+            **({"exit_features": True} if self.exit_features else {}),
         }
 
     @property
     def parts(self) -> dict[str, tuple[int, ...]]:
         """Named pieces of one observation and their shapes, in packing order."""
         feat = {"tokens": (self.num_tokens, self.embed_dim)} if self.mode == "tokens" else {"token": (self.embed_dim,)}
-        return {**feat, "block": (self.depth,), "executed_frac": (1,)}
+        exits = {"exit": (len(EXIT_FEATURES),)} if self.exit_features else {}
+        return {**feat, "block": (self.depth,), "executed_frac": (1,), **exits}
 
     @property
     def obs_dim(self) -> int:
@@ -112,7 +147,7 @@ class ObservationEncoder:
     def space(self) -> spaces.Space:
         """The Gymnasium observation space of one environment."""
         bounds = {"token": (-self.bound, self.bound), "tokens": (-self.bound, self.bound)}
-        bounds |= {"block": (0.0, 1.0), "executed_frac": (0.0, 1.0)}
+        bounds |= {"block": (0.0, 1.0), "executed_frac": (0.0, 1.0), "exit": (-1.0, 1.0)}
         if self.mode == "flat":
             low = np.concatenate([np.full(math.prod(s), bounds[k][0], np.float32) for k, s in self.parts.items()])
             high = np.concatenate([np.full(math.prod(s), bounds[k][1], np.float32) for k, s in self.parts.items()])
@@ -123,9 +158,22 @@ class ObservationEncoder:
             boxes[key] = spaces.Box(np.float32(low), np.float32(high), shape, dtype=np.float32)
         return spaces.Dict(boxes)
 
-    def pack(self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor) -> torch.Tensor:
-        """The observations of a batch as one float32 tensor ``(N, obs_dim)`` (every mode)."""
+    def pack(
+        self,
+        tokens: torch.Tensor,
+        block_idx: int | torch.Tensor,
+        executed_frac: torch.Tensor,
+        exits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The observations of a batch as one float32 tensor ``(N, obs_dim)`` (every mode).
+
+        ``block_idx`` is one block for the whole batch or ``int64 (N,)`` one per row; ``exits`` is the
+        ``float32 (N, 5)`` ``exit`` entry (required with ``exit_features``, refused without).
+        """
         n = tokens.shape[0]
+        if (exits is None) == self.exit_features:
+            need = "needs the (N, 5) exit entry" if self.exit_features else "has no exit entry"
+            raise ValueError(f"this encoder {need} (exit_features={self.exit_features})")
         if self.mode == "tokens":
             feat = standardize(tokens, self.bound).reshape(n, -1)
         else:
@@ -134,11 +182,17 @@ class ObservationEncoder:
         if self._eye is None or self._eye.device != tokens.device:
             # Row `depth` is all zeros: the one-hot of "no next block" after the last one.
             self._eye = torch.cat([torch.eye(self.depth), torch.zeros(1, self.depth)]).to(tokens.device)
-        onehot = self._eye[min(block_idx, self.depth)].expand(n, -1)
-        return torch.cat([feat, onehot, executed_frac.float().view(n, 1)], dim=1)
+        if isinstance(block_idx, torch.Tensor):
+            onehot = self._eye[block_idx.clamp(max=self.depth)]
+        else:
+            onehot = self._eye[min(block_idx, self.depth)].expand(n, -1)
+        parts = [feat, onehot, executed_frac.float().view(n, 1)]
+        if exits is not None:
+            parts.append(exits.float())
+        return torch.cat(parts, dim=1)
 
     def __call__(
-        self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor
+        self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor, exits: torch.Tensor | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Encode a batch.
 
@@ -146,11 +200,12 @@ class ObservationEncoder:
             tokens: ``(N, T, D)`` token state before block ``block_idx``.
             block_idx: Block about to be decided (``depth`` after the last block).
             executed_frac: ``(N,)`` blocks executed so far divided by ``depth``.
+            exits: ``(N, 5)`` the ``exit`` entry (encoders with ``exit_features`` only).
 
         Returns:
             ``(N, obs_dim)`` in ``"flat"`` mode, else a dict of ``(N, *shape)`` tensors.
         """
-        packed = self.pack(tokens, block_idx, executed_frac)
+        packed = self.pack(tokens, block_idx, executed_frac, exits)
         if self.mode == "flat":
             return packed
         return self.split(packed)
@@ -176,7 +231,7 @@ class ObservationEncoder:
         return {key: out[key] for key in sorted(out)}  # the key order of spaces.Dict
 
 
-def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat") -> ObservationEncoder:
+def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat", exit_features: bool = False) -> ObservationEncoder:
     """The encoder matching a :class:`~vitskip_env.SkippableViT` (class token if it has one, else mean pooling)."""
     vit = backbone.vit
     has_cls = getattr(vit, "cls_token", None) is not None
@@ -187,4 +242,5 @@ def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat") -> Observatio
         embed_dim=backbone.embed_dim,
         pool="cls" if has_cls else "mean",
         num_prefix_tokens=backbone.num_prefix_tokens,
+        exit_features=exit_features,
     )

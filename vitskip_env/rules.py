@@ -131,6 +131,15 @@ class SkipRules:
             return torch.zeros(count.shape[0], dtype=torch.bool, device=count.device)
         return count + (self.depth - block - 1) < self.min_blocks
 
+    def forced_rows(self, blocks: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """:meth:`forced` with one block per row (``int64 (N,)``, episodes of different lengths): ``bool (N,)``."""
+        forced = count + (self.depth - blocks - 1) < self.min_blocks
+        if self.always_execute:
+            always = torch.zeros(self.depth + 1, dtype=torch.bool, device=blocks.device)
+            always[sorted(self.always_execute)] = True
+            forced |= always[blocks]
+        return forced
+
     def skip_allowed(self, block: int, count: torch.Tensor) -> torch.Tensor:
         """``bool (N,)``: may each episode skip ``block``? (``~forced``; execute is always allowed)."""
         return ~self.forced(block, count)

@@ -1,6 +1,6 @@
 """The deployment wing: the trained policy as a torch module (``SkipPolicy``), the deployable
-``DynamicViT`` (batched real skipping), ``EarlyExitViT`` with the exit rules (exited images leave
-the batch), the folded decision (``FoldedDecision``) and the policy
+``DynamicViT`` (batched real skipping), ``EarlyExitViT`` with the exit rules and ``SkipExitViT``
+with an RL skip-and-exit policy (exited images leave the batch), the folded decision (``FoldedDecision``) and the policy
 network description. It must not import the env wing: what it shares with the env is the contract
 (the observation encoder and the skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
 """
@@ -14,6 +14,7 @@ from .exit_rules import RULES, ExitRule, calibrate, point_costs, simulate
 from .folded import FoldedDecision
 from .netspec import build_net, describe_net, supported_layers
 from .policy import SkipPolicy, deterministic_action
+from .skip_exit import SkipExitViT
 
 __all__ = [
     "RULES",
@@ -21,6 +22,7 @@ __all__ = [
     "EarlyExitViT",
     "ExitRule",
     "FoldedDecision",
+    "SkipExitViT",
     "SkipPolicy",
     "build_net",
     "calibrate",

@@ -78,6 +78,11 @@ class DynamicViT(nn.Module):
                 f"policy must be a SkipPolicy, got {type(policy).__name__}; convert a trained agent with "
                 "agents.export_policy(model, env)"
             )
+        if policy.encoder.exit_features:
+            raise ValueError(
+                "this policy was trained with actions='skip_exit' (skip / execute / exit): deploy it with "
+                "SkipExitViT(backbone, heads, policy), which runs its exit heads"
+            )
         _check_encoder(backbone, policy.encoder.config())
         self.backbone = backbone
         self.policy = policy.to(next(backbone.parameters()).device)

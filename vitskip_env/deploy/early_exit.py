@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..files import atomic_path, atomic_write_text
-from ..model import SkippableViT, backbone_from_config
-from ..model.exit_file import FORMAT, FORMAT_VERSION, backbone_fingerprint, heads_from_file, read_exit_file
+from ..model import SkippableViT
+from ..model.exit_file import FORMAT, FORMAT_VERSION, backbone_fingerprint, load_exit_model
 from ..model.exits import ExitHeads
 from ..model.fileformat import VitskipFileError, check_save_path, require, where_of
 from .exit_rules import ExitRule
@@ -172,9 +172,10 @@ class EarlyExitViT(nn.Module):
                 version, a malformed header, or weights that do not match it; the message names the file.
         """
         where = where_of(Path(path).expanduser())
-        config, groups = read_exit_file(path)
-        backbone = backbone_from_config(require(config, "backbone", dict, where), groups["backbone.vit."], where)
-        heads = heads_from_file(config, groups["exits."], backbone, where)
+        config, backbone, heads = load_exit_model(path)
+        if rule is None and "policy" in config:
+            raise VitskipFileError(f"{where}: it holds an RL skip-and-exit policy, not a threshold rule; load it with "
+                                   "SkipExitViT.load, or pass rule= to use its heads with a threshold rule")  # fmt: skip
         if rule is None:
             stored = require(config, "rule", dict, where)
             try:

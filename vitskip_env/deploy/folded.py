@@ -23,9 +23,14 @@ the exact path, so a decision whose margin is within :attr:`FoldedDecision.tol` 
 recomputed exactly by the caller: the decisions are the exact path's, always (tested), at the cost
 of one extra comparison per block.
 
+A skip-and-exit policy (``actions="skip_exit"``, three actions, ``SkipExitViT``) folds the same
+way: its exit entry enters the first ``Linear`` linearly too (``+ exit @ W_exit``), and the last
+``Linear`` folds into two margins, of execute and of exit over skip: the action is skip where
+both are ``<= 0``, else the larger one's.
+
 Supported policies: ``"flat"`` observations without VecNormalize statistics, a network that
 starts with a ``Linear`` on the packed observation (optionally behind a ``Columns`` that maps only
-the one-hot group) and ends with a ``Linear`` to 2 outputs. :meth:`FoldedDecision.build` returns
+the one-hot group) and ends with a ``Linear`` to 2 (3 with exits) outputs. :meth:`FoldedDecision.build` returns
 ``None`` for anything else, and ``DynamicViT`` keeps the exact path.
 """
 
@@ -66,6 +71,7 @@ class FoldedDecision(nn.Module):
         hidden: list[nn.Module],
         w_margin: torch.Tensor,
         b_margin: torch.Tensor,
+        w_exit: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         enc = policy.encoder
@@ -76,10 +82,12 @@ class FoldedDecision(nn.Module):
         self.register_buffer("w_count", w_count, persistent=False)
         self.register_buffer("w_margin", w_margin, persistent=False)
         self.register_buffer("b_margin", b_margin, persistent=False)
+        #: ``(5, H)`` first-layer weights of the exit entry (skip-and-exit policies), else ``None``.
+        self.w_exit = w_exit
         self.hidden = hidden  # the policy's own modules (not registered twice)
         self._np: dict[str, np.ndarray | float] | None = None  # NumPy copies of the buffers, made on first use
         self._weights = weights_key(policy)
-        scale = float(w_margin.abs().sum() + b_margin.abs())
+        scale = float(w_margin.abs().sum() + b_margin.abs().sum())
         #: Margins within this distance of zero are re-decided exactly (~1e4 x the folding's rounding error).
         self.tol = 1e-4 * (1.0 + scale)
         self._host = self._host_program(hidden)
@@ -122,7 +130,9 @@ class FoldedDecision(nn.Module):
             raise RuntimeError("this policy has a hidden layer without a NumPy form; use forward()")
         if self._np is None:
             self._np = {k: getattr(self, k).detach().cpu().numpy() for k in ("const", "w_token", "w_margin")}
-            self._np["b_margin"] = float(self.b_margin)
+            self._np["b_margin"] = self.b_margin.cpu().numpy() if self.b_margin.ndim else float(self.b_margin)
+            if self.w_exit is not None:
+                self._np["w_exit"] = self.w_exit.detach().cpu().numpy()
             # const[block] + count * w_count for every (block, count): one lookup per decision
             counts = torch.arange(self.depth + 1, dtype=torch.float32, device=self.const.device)
             table = self.const[:, None, :] + counts[None, :, None] * self.w_count
@@ -140,12 +150,20 @@ class FoldedDecision(nn.Module):
         h *= scale
         return h
 
-    def margin_from_host(self, features: np.ndarray, block: int, count: np.ndarray) -> np.ndarray:
-        """:meth:`margin_from` in NumPy (``features`` from :meth:`features_host`, not modified; ``count`` integers)."""
+    def margin_from_host(
+        self, features: np.ndarray, block: int, count: np.ndarray, exits: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`margin_from` in NumPy (``features`` from :meth:`features_host`, not modified; ``count`` integers).
+
+        A skip-and-exit policy also takes its ``exits`` entry ``(N, 5)`` and returns ``(N, 2)``
+        margins (execute, exit) over skip.
+        """
         w = self._np
         if w is None or self._host is None:
             raise RuntimeError("call features_host() first (and only for a policy with a NumPy form)")
         h = features + w["table"][block][count]
+        if exits is not None:
+            h += exits @ w["w_exit"]
         for step in self._host:
             if isinstance(step, tuple):
                 h = h @ step[0]
@@ -163,34 +181,36 @@ class FoldedDecision(nn.Module):
         layers = list(policy.net) if isinstance(policy.net, nn.Sequential) else [policy.net]
         if enc.mode != "flat" or policy.normalized or len(layers) < 2:
             return None
-        d, depth = enc.embed_dim, enc.depth
+        d, depth, n_exit = enc.embed_dim, enc.depth, enc.obs_dim - enc.embed_dim - enc.depth - 1
         onehots = torch.cat([torch.eye(depth), torch.zeros(1, depth)])  # row `depth`: no next block
         first = layers.pop(0)
         embed: nn.Module | None = None
         if isinstance(first, Columns):
-            if first.sizes != [d, depth, 1] or set(first.nets) - {"1"}:
+            if first.sizes != [d, depth, 1 + n_exit] or set(first.nets) - {"1"}:
                 return None
             embed = first.nets["1"] if "1" in first.nets else None  # noqa: SIM401 (ModuleDict has no .get)
             first = layers.pop(0) if layers else None
         last = layers.pop() if layers else None
-        if not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear) or last.out_features != 2:
+        n_actions = policy.n_actions
+        if not isinstance(first, nn.Linear) or not isinstance(last, nn.Linear) or last.out_features != n_actions:
             return None
         w, b = first.weight.float(), (first.bias.float() if first.bias is not None else None)
         emb = embed(onehots.to(w)) if embed is not None else onehots.to(w)
-        if w.shape[1] != d + emb.shape[1] + 1:
+        e = emb.shape[1]
+        if w.shape[1] != d + e + 1 + n_exit:
             return None
-        const = emb @ w[:, d:-1].T + (b if b is not None else 0.0)
+        const = emb @ w[:, d : d + e].T + (b if b is not None else 0.0)
         wl = last.weight.float()
-        bl = last.bias.float() if last.bias is not None else torch.zeros(2, device=wl.device)
+        bl = last.bias.float() if last.bias is not None else torch.zeros(n_actions, device=wl.device)
+        if n_actions == 2:
+            w_margin, b_margin = (wl[1] - wl[0]).contiguous(), (bl[1] - bl[0]).reshape(())
+        else:  # execute and exit over skip: (H, 2)
+            w_margin, b_margin = (wl[1:] - wl[0]).T.contiguous(), (bl[1:] - bl[0]).contiguous()
+        w_exit = w[:, d + e + 1 :].T.contiguous() if n_exit else None
         return cls(
-            policy,
-            const.contiguous(),
-            w[:, :d].T.contiguous(),
-            (w[:, -1] / depth).contiguous(),
-            layers,
-            (wl[1] - wl[0]).contiguous(),
-            (bl[1] - bl[0]).reshape(()),
-        )
+            policy, const.contiguous(), w[:, :d].T.contiguous(), (w[:, d + e] / depth).contiguous(), layers, w_margin,
+            b_margin, w_exit,
+        )  # fmt: skip
 
     def forward(self, tokens: torch.Tensor, block: int, count: torch.Tensor) -> torch.Tensor:
         """``float32 (N,)`` decision margins: execute where ``> 0`` (re-decide where ``|margin| <= tol``).

@@ -171,7 +171,7 @@ class SkipPolicy(RulesView, nn.Module):
         return y.float()
 
     def logits(self, packed: torch.Tensor) -> torch.Tensor:
-        """``(N, 2)`` network outputs for packed observations ``(N, obs_dim)`` (as ``encoder.pack`` returns them)."""
+        """``(N, n_actions)`` network outputs for packed observations ``(N, obs_dim)`` (as ``encoder.pack`` returns them)."""
         x: Any = self.normalize(packed)
         if self.encoder.mode != "flat":
             # Contiguous entries, as SB3 builds them from the env's numpy dict (same kernels, same rounding).
@@ -182,6 +182,11 @@ class SkipPolicy(RulesView, nn.Module):
         for layer in net if type(net) is nn.Sequential else (net,):
             x = layer.forward(x)
         return x
+
+    @property
+    def n_actions(self) -> int:
+        """2 (skip, execute), or 3 (skip, execute, exit) for a policy trained with ``actions="skip_exit"``."""
+        return 3 if self.encoder.exit_features else 2
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         """``bool (N,)``: execute (True) or skip, before the constraints (see :meth:`DynamicViT.decide`)."""
@@ -205,7 +210,9 @@ class SkipPolicy(RulesView, nn.Module):
         packed, single = self.pack_numpy(observation)
         masks = None
         if action_masks is not None:
-            masks = torch.as_tensor(np.asarray(action_masks), dtype=torch.bool, device=packed.device).reshape(-1, 2)
+            masks = torch.as_tensor(np.asarray(action_masks), dtype=torch.bool, device=packed.device).reshape(
+                -1, self.n_actions
+            )
         with torch.no_grad():
             actions = deterministic_action(self.logits(packed), self.decision, masks).cpu().numpy()
         return (actions[0] if single else actions), None

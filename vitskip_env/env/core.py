@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,8 +25,10 @@ from ..data import ImageDataset
 from ..model import SkippableViT, run_executing_rows
 from ..observations import ObservationEncoder, executed_fraction
 from ..rules import RulesView, SkipContract, SkipRules
-from .cotrain import Cotrainer
 from .rewards import RewardContext, RewardModel
+
+if TYPE_CHECKING:  # the core only calls the cotrainer it is given
+    from .cotrain import Cotrainer
 
 __all__ = ["CoreStep", "SkipCore"]
 
@@ -44,6 +47,9 @@ class CoreStep:
         final: On the last step: ``label``, ``prediction``, ``correct``, ``confidence`` (softmax
             probability of the predicted class), ``executed_mask``, ``executed_blocks``,
             ``compute_ratio``, ``image_index`` (and ``difficulty`` when the dataset knows it); else ``None``.
+        ended: ``bool (N,)`` which episodes ended with this step, for engines whose episodes end at
+            different steps (``ExitCore``; ``final`` then holds every row, valid where ``ended``);
+            ``None`` here, where all end together (``terminal``).
     """
 
     obs: torch.Tensor
@@ -52,6 +58,7 @@ class CoreStep:
     overridden: torch.Tensor
     terminal: bool
     final: dict[str, torch.Tensor] | None
+    ended: torch.Tensor | None = None
 
 
 class SkipCore(RulesView):
@@ -193,10 +200,13 @@ class SkipCore(RulesView):
 
         Returns:
             ``obs`` ``float32 (N, obs_dim)``, ``reward`` ``float32 (N,)``, ``overridden`` ``bool (N,)``,
+            ``ended`` ``bool (N,)`` (engines with ``CoreStep.ended``),
             ``components/<name>`` ``float32 (N,)`` and, on the last step, ``final/<name>`` with
             integer fields as ``int64`` and flags and masks as ``bool``.
         """
         named: dict[str, torch.Tensor] = {"obs": step.obs, "reward": step.reward, "overridden": step.overridden}
+        if step.ended is not None:
+            named["ended"] = step.ended
         named |= {f"components/{k}": v for k, v in step.components.items()}
         if step.final is not None:
             named |= {f"final/{k}": v for k, v in step.final.items()}

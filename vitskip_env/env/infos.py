@@ -26,12 +26,17 @@ from ..model import SkippableViT
 from .core import SkipCore
 
 ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
-FINAL_INT = ("label", "prediction", "executed_blocks", "image_index")
+EXIT_ACTION_HELP = "actions are 0 (skip the block), 1 (execute it) or 2 (exit with the current exit head), as integers"
+FINAL_INT = ("label", "prediction", "executed_blocks", "image_index", "exit_block")
 FINAL_FLOAT = ("compute_ratio", "difficulty", "confidence")
 
 
-def check_action(action: Any) -> int:
-    """A single env's action as ``0`` or ``1``.
+def _help(n_actions: int) -> str:
+    return ACTION_HELP if n_actions == 2 else EXIT_ACTION_HELP
+
+
+def check_action(action: Any, n_actions: int = 2) -> int:
+    """A single env's action as an int in ``[0, n_actions)`` (``0`` / ``1``; ``2`` = exit with ``actions="skip_exit"``).
 
     Raises:
         ValueError: Anything but an integer (or bool) scalar equal to 0 or 1, including floats,
@@ -43,37 +48,37 @@ def check_action(action: Any) -> int:
     tensor0d = isinstance(action, torch.Tensor) and action.ndim == 0 and not action.is_floating_point()
     if scalar or array0d or tensor0d:
         value = int(action)
-    if value not in (0, 1):
+    if value not in range(n_actions) or (value == 2 and isinstance(action, (bool, np.bool_))):
         shape = getattr(action, "shape", None)
         what = f"{action!r}" if shape is None else f"{type(action).__name__} of shape {tuple(shape)} and dtype {action.dtype}"
-        raise ValueError(f"invalid action {what}: {ACTION_HELP} (a Python int, numpy integer or 0-d integer array)")
+        raise ValueError(f"invalid action {what}: {_help(n_actions)} (a Python int, numpy integer or 0-d integer array)")
     return value
 
 
-def check_actions(actions: Any, num_envs: int, device: torch.device) -> torch.Tensor:
+def check_actions(actions: Any, num_envs: int, device: torch.device, n_actions: int = 2) -> torch.Tensor:
     """A vector env's actions as ``int64 (num_envs,)`` on ``device``.
 
     Raises:
-        ValueError: Wrong shape, a non-integer dtype (floats, NaN) or a value other than 0 / 1.
+        ValueError: Wrong shape, a non-integer dtype (floats, NaN) or a value outside ``[0, n_actions)``.
     """
     if isinstance(actions, torch.Tensor):
         if actions.is_floating_point() or actions.is_complex() or tuple(actions.shape) != (num_envs,):
             raise ValueError(
                 f"invalid actions: tensor of shape {tuple(actions.shape)} and dtype {actions.dtype}; "
-                f"need an integer tensor of shape ({num_envs},); {ACTION_HELP}"
+                f"need an integer tensor of shape ({num_envs},); {_help(n_actions)}"
             )
         out = actions.to(device=device, dtype=torch.long)
-        if not bool(((out == 0) | (out == 1)).all()):
-            raise ValueError(f"invalid actions {actions.tolist()}: {ACTION_HELP}")
+        if not bool(((out >= 0) & (out < n_actions)).all()):
+            raise ValueError(f"invalid actions {actions.tolist()}: {_help(n_actions)}")
         return out
     arr = np.asarray(actions)
     if arr.dtype.kind not in "biu" or arr.shape != (num_envs,):
         raise ValueError(
             f"invalid actions: array of shape {arr.shape} and dtype {arr.dtype}; "
-            f"need an integer array of shape ({num_envs},); {ACTION_HELP}"
+            f"need an integer array of shape ({num_envs},); {_help(n_actions)}"
         )
-    if arr.dtype != np.bool_ and not ((arr == 0) | (arr == 1)).all():
-        raise ValueError(f"invalid actions {arr.tolist()}: {ACTION_HELP}")
+    if arr.dtype != np.bool_ and not ((arr >= 0) & (arr < n_actions)).all():
+        raise ValueError(f"invalid actions {arr.tolist()}: {_help(n_actions)}")
     return torch.from_numpy(arr.astype(np.int64)).to(device)
 
 
@@ -190,6 +195,68 @@ def batched_step_info(host: dict[str, np.ndarray]) -> dict[str, Any]:
                 values[key] = value.astype(bool)
         values["is_success"] = values["correct"].copy()
     return _masked(values, n)
+
+
+def row_step_info(host: dict[str, np.ndarray], stepped: np.ndarray, ended: np.ndarray) -> dict[str, Any]:
+    """Infos of a step where only some rows stepped and some episodes ended (``actions="skip_exit"``).
+
+    The step's fields are masked to ``stepped``, the episode-end fields to ``ended``; masked rows
+    hold zeros and a key no row has is left out, as ``SyncVectorEnv`` assembles single envs' infos.
+    """
+    full = (
+        batched_step_info(host)
+        if ended.any()
+        else batched_step_info({k: v for k, v in host.items() if not k.startswith("final/")})
+    )
+    step_keys = {"reward_components", "action_overridden"}
+    masks = {key: (stepped if key in step_keys else ended) for key in full if not key.startswith("_")}
+    return select_rows(full, masks)
+
+
+def select_rows(infos: dict[str, Any], rows: np.ndarray | dict[str, np.ndarray]) -> dict[str, Any]:
+    """``infos`` (dict-of-arrays with ``_key`` masks) kept on ``rows`` only (one mask, or one per key).
+
+    Every mask is and-ed with the rows, the other rows' values become zeros, and keys left with no
+    row are dropped.
+    """
+    out: dict[str, Any] = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        keep = rows[key] if isinstance(rows, dict) else rows
+        mask = infos[f"_{key}"] & keep
+        if not mask.any():
+            continue
+        if isinstance(value, dict):
+            out[key] = select_rows(value, mask)
+        elif value.dtype == object:
+            out[key] = np.where(mask, value, None)
+        else:
+            value = value.copy()
+            value[~mask] = 0
+            out[key] = value
+        out[f"_{key}"] = mask
+    return out
+
+
+def merge_infos(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two dict-of-arrays infos of disjoint rows as one (values taken where each one's mask holds)."""
+    out = dict(a)
+    for key, value in b.items():
+        if key.startswith("_"):
+            continue
+        if key not in out:
+            out[key], out[f"_{key}"] = value, b[f"_{key}"]
+            continue
+        mask = b[f"_{key}"]
+        if isinstance(value, dict):
+            out[key] = merge_infos(out[key], value)
+        else:
+            merged = out[key].copy()
+            merged[mask] = value[mask]
+            out[key] = merged
+        out[f"_{key}"] = out[f"_{key}"] | mask
+    return out
 
 
 def batched(values: dict[str, Any], n: int) -> dict[str, Any]:

@@ -17,7 +17,8 @@ preset or timm model name              the trained file ``find_backbone(name, da
                                        to train it. With ``backbone_weights="random"``: an
                                        untrained model of that architecture instead
 ``"random"``                           an untrained model of the dataset's default preset
-path to a ``.safetensors`` file        ``load_backbone(path)`` (a file from ``SkippableViT.save``)
+path to a ``.safetensors`` file        ``load_backbone(path)`` (a file from ``SkippableViT.save``), or
+                                       the backbone of an exit file (``train/exits.py``)
 ``SkippableViT`` or timm ViT instance  used as is (moved to ``device``; shared, not copied)
 =====================================  ==========================================================
 
@@ -41,12 +42,15 @@ from torch import nn
 from ..data import ImageDataset, make_dataset
 from ..model import PRESETS, SkippableViT, find_backbone, load_backbone, user_backbone_path
 from ..model.costs import COST_MODELS, CostModel, block_costs
+from ..model.exit_file import default_exit_path, is_exit_file, load_exit_model
+from ..model.exits import ExitHeads
 from ..observations import OBS_MODES, ObsMode, encoder_for
 from ..rules import block_indices
 from ..runtime import resolve_device
 from .capacity import check_memory
 from .core import SkipCore
 from .cotrain import CotrainConfig, Cotrainer
+from .exit_core import ExitCore, head_cost_shares
 from .rewards import DEFAULT_WEIGHTS, WEIGHT_NAMES, RewardFn, RewardModel, check_weight
 from .sampling import SAMPLING_MODES, Sampling
 
@@ -61,6 +65,8 @@ DEFAULT_PRESET: dict[str, str] = {
     "tinyimagenet": "tiny",
 }
 BACKBONE_MODES: tuple[str, ...] = ("frozen", "cotrain")
+#: ``"skip"``: Discrete(2) skip / execute; ``"skip_exit"``: Discrete(3) skip / execute / exit (needs exit heads).
+ACTION_SETS: tuple[str, ...] = ("skip", "skip_exit")
 BACKBONE_WEIGHTS: tuple[str, ...] = ("trained", "random")
 
 
@@ -88,6 +94,8 @@ class EnvOptions:
     download: bool = False
     device: str | torch.device = "auto"
     render_mode: str | None = None
+    actions: Literal["skip", "skip_exit"] = "skip"
+    exits: str | os.PathLike | ExitHeads | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], owner: str) -> EnvOptions:
@@ -103,6 +111,7 @@ class EnvOptions:
             "obs_mode": OBS_MODES,
             "cost_model": COST_MODELS,
             "sampling": SAMPLING_MODES,
+            "actions": ACTION_SETS,
             "split": ("train", "val", "test"),
         }
         for name, valid in choices.items():
@@ -115,6 +124,16 @@ class EnvOptions:
         for kwarg in WEIGHT_NAMES:
             check_weight(getattr(self, kwarg), kwarg)
         self.always_execute = block_indices(self.always_execute)
+        if self.exits is not None and self.actions != "skip_exit":
+            raise ValueError("exits= gives the heads of the exit action; pass actions='skip_exit' with it")
+        if self.actions == "skip_exit":
+            if self.backbone_mode == "cotrain":
+                raise ValueError("actions='skip_exit' runs a frozen backbone and heads; use backbone_mode='frozen'")
+            if self.reward_fn is not None:
+                raise ValueError(
+                    "reward_fn is not supported with actions='skip_exit' (episodes end at different blocks); "
+                    "use accuracy_weight, confidence_weight and compute_weight"
+                )
         if self.cotrain is not None and self.backbone_mode != "cotrain":
             raise ValueError("cotrain settings were given but backbone_mode is 'frozen'; pass backbone_mode='cotrain'")
 
@@ -180,7 +199,10 @@ def resolve_backbone(
     if isinstance(backbone, nn.Module):
         vit = backbone if isinstance(backbone, SkippableViT) else SkippableViT(backbone)
     elif isinstance(backbone, os.PathLike) or (isinstance(backbone, str) and _looks_like_path(backbone)):
-        vit = load_backbone(backbone, num_classes=ds.num_classes)
+        if is_exit_file(backbone):
+            vit = load_exit_model(backbone)[1]
+        else:
+            vit = load_backbone(backbone, num_classes=ds.num_classes)
     elif backbone is None or isinstance(backbone, str):
         random = backbone == "random" or weights == "random"
         name = DEFAULT_PRESET.get(ds.name, "demo") if backbone in (None, "random") else backbone
@@ -213,15 +235,96 @@ def resolve_backbone(
     return vit.to(device).eval()
 
 
+EXITS_HELP = (
+    "actions='skip_exit' needs exit heads: pass exits='path/to/<backbone>-exits.safetensors' (written by "
+    "`python train/exits.py --backbone <file or preset>`; it holds the backbone the heads were trained with) or "
+    "exits='linear' (the backbone's own norm and classifier after blocks {positions}: no training)"
+)
+
+
+def _backbone_file(backbone: Any, weights: str, dataset: str) -> Path | None:
+    """The backbone file an env would load (``None``: an untrained model or a module in memory)."""
+    if isinstance(backbone, os.PathLike) or (isinstance(backbone, str) and _looks_like_path(backbone)):
+        return Path(backbone).expanduser()
+    if weights == "random" or backbone == "random" or not (backbone is None or isinstance(backbone, str)):
+        return None
+    return find_backbone(DEFAULT_PRESET.get(dataset, "demo") if backbone is None else backbone, dataset)
+
+
+def resolve_exits(opts: EnvOptions, ds: ImageDataset, device: torch.device) -> tuple[SkippableViT, ExitHeads]:
+    """The backbone and exit heads of ``actions="skip_exit"``.
+
+    ``exits``: an exit file (its backbone replaces ``backbone``, which must then be left unset),
+    ``"linear"`` (the backbone's own classifier at :func:`~vitskip_env.model.exits.default_layout`'s
+    positions), an :class:`~vitskip_env.model.ExitHeads` of the backbone, or ``None``: the heads of
+    ``backbone`` when it is an exit file, else the exit file ``train/exits.py`` writes for the
+    backbone by default, if there is one.
+
+    Raises:
+        FileNotFoundError: No heads given and none trained for this backbone (the message says how to get them).
+        ValueError: A backbone given beside an exit file, or heads for another backbone shape.
+    """
+    exits = opts.exits
+    own = _backbone_file(opts.backbone, opts.backbone_weights, ds.name)
+    if exits is None and own is not None and is_exit_file(own):
+        _, vit, heads = load_exit_model(own)  # an exit file as the backbone: its own heads
+        return resolve_backbone(vit, "trained", ds, device), heads.to(device).eval()
+    if exits is None:
+        src = _backbone_file(opts.backbone, opts.backbone_weights, ds.name)
+        default = default_exit_path(src) if src is not None else None
+        if default is None or not default.is_file():
+            vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
+            looked = f" (looked for {default})" if default is not None else ""
+            raise FileNotFoundError(EXITS_HELP.format(positions=list(ExitHeads(vit).positions)) + looked)
+        exits = default  # it carries the backbone fine-tuned from this one, which its heads read
+    if isinstance(exits, str) and exits == "linear":
+        vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
+        return vit, ExitHeads(vit, ExitHeads(vit).positions).to(device).eval()
+    if isinstance(exits, ExitHeads):
+        vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
+        if (exits.depth, exits.dim, exits.num_classes) != (vit.depth, vit.embed_dim, vit.num_classes):
+            raise ValueError(
+                f"the exit heads read a {exits.depth}-block, {exits.dim}-wide, {exits.num_classes}-class backbone, "
+                f"this one is {vit.depth}-block, {vit.embed_dim}-wide, {vit.num_classes}-class"
+            )
+        return vit, exits.to(device).eval()
+    if not isinstance(exits, (str, os.PathLike)):
+        raise TypeError(f"exits must be a path, 'linear', ExitHeads or None; got {type(exits).__name__}")
+    if opts.exits is not None and opts.backbone is not None:
+        raise ValueError(
+            "an exit file holds the backbone its heads were trained with, so backbone= must be left unset beside "
+            f"exits={str(exits)!r}"
+        )
+    _, vit, heads = load_exit_model(exits)
+    resolve_backbone(vit, opts.backbone_weights, ds, device)  # checks classes and image size
+    return vit.to(device).eval(), heads.to(device).eval()
+
+
 def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
-    """Resolve dataset, backbone, encoder, costs, rewards and cotrainer into a ``SkipCore``."""
+    """Resolve dataset, backbone, encoder, costs, rewards and cotrainer into a ``SkipCore`` (``ExitCore`` with exits)."""
     opts.validate()
     device = resolve_device(opts.device)
     ds = load_split(opts, device)
+    weights = {"correct": opts.accuracy_weight, "confidence": opts.confidence_weight, "compute": opts.compute_weight}
+    if opts.actions == "skip_exit":
+        vit, heads = resolve_exits(opts, ds, device)
+        encoder = encoder_for(vit, opts.obs_mode, exit_features=True)
+        check_memory(vit, encoder.obs_dim, num_envs, device)
+        return ExitCore(
+            vit,
+            ds,
+            num_envs,
+            encoder,
+            RewardModel(weights),
+            block_costs(vit, opts.cost_model),
+            heads,
+            head_cost_shares(heads, vit),
+            min_blocks=opts.min_blocks,
+            always_execute=tuple(opts.always_execute),
+        )
     vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
     encoder = encoder_for(vit, opts.obs_mode)
     check_memory(vit, encoder.obs_dim, num_envs, device)
-    weights = {"correct": opts.accuracy_weight, "confidence": opts.confidence_weight, "compute": opts.compute_weight}
     cotrainer = None
     if opts.backbone_mode == "cotrain":
         cotrainer = Cotrainer(vit, ds, CotrainConfig.from_value(opts.cotrain))

@@ -81,33 +81,60 @@ class ImageSampler:
         self.num_streams = num_streams
         self.mode = mode
         self.rngs: list[np.random.Generator] = []
-        self.position = 0
-        self.epoch = 0
+        #: Episodes each stream has started in its current epoch, ``int64 (S,)``.
+        self.positions = np.zeros(num_streams, dtype=np.int64)
+        #: Epochs each stream has finished, ``int64 (S,)``.
+        self.epochs = np.zeros(num_streams, dtype=np.int64)
         self._keys: np.ndarray | None = None
+
+    @property
+    def position(self) -> int:
+        """The streams' common position (they move together unless :meth:`next_rows` serves some of them)."""
+        return int(self.positions[0])
+
+    @property
+    def epoch(self) -> int:
+        """The streams' common epoch (see :attr:`position`)."""
+        return int(self.epochs[0])
 
     def seed(self, rngs: Sequence[np.random.Generator]) -> None:
         """Start every stream afresh from its generator (called on ``reset(seed=...)``)."""
         if len(rngs) != self.num_streams:
             raise ValueError(f"need {self.num_streams} generators, got {len(rngs)}")
         self.rngs = list(rngs)
-        self.position = 0
-        self.epoch = 0
+        self.positions = np.zeros(self.num_streams, dtype=np.int64)
+        self.epochs = np.zeros(self.num_streams, dtype=np.int64)
         self._keys = None
 
     def next(self) -> np.ndarray:
         """The next image index of every stream, ``int64 (num_streams,)``."""
+        return self.next_rows(np.arange(self.num_streams))
+
+    def next_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The next image index of the streams ``rows`` only (episodes of different lengths), ``int64 (len(rows),)``.
+
+        Each stream draws exactly what it would draw alone, so a stream's images do not depend on
+        when the other streams start their episodes.
+        """
         if not self.rngs:
             raise RuntimeError("ImageSampler.seed must be called before next()")
+        rows = np.asarray(rows, dtype=np.int64)
+        pos = self.positions[rows]
         if self.mode == "sequential":
-            out = (self.position * self.num_streams + np.arange(self.num_streams, dtype=np.int64)) % self.n
-            self.position += 1
-            return out
+            self.positions[rows] += 1
+            return (pos * self.num_streams + rows) % self.n
         if self._keys is None:
             # One draw per stream per epoch, from that stream's own generator.
             self._keys = np.stack([rng.integers(0, 2**63, size=_ROUNDS, dtype=np.uint64) for rng in self.rngs])
-        index = np.full(self.num_streams, self.position, dtype=np.uint64)
-        out = feistel_permute(index, self._keys, self.n)
-        self.position += 1
-        if self.position == self.n:
-            self.position, self.epoch, self._keys = 0, self.epoch + 1, None
+        out = feistel_permute(pos.astype(np.uint64), self._keys[rows], self.n)
+        self.positions[rows] += 1
+        wrapped = rows[self.positions[rows] == self.n]
+        if wrapped.size:  # those streams start a new epoch: a new permutation from their own generator
+            self.positions[wrapped] = 0
+            self.epochs[wrapped] += 1
+            if wrapped.size == self.num_streams:
+                self._keys = None
+            else:
+                for j in wrapped.tolist():
+                    self._keys[j] = self.rngs[j].integers(0, 2**63, size=_ROUNDS, dtype=np.uint64)
         return out

@@ -13,10 +13,12 @@ from gymnasium import spaces
 from torch import nn
 
 from ..model.costs import CostModel
+from ..model.exits import ExitHeads
 from ..observations import ObservationEncoder, ObsMode
 from ..rules import SkipContract, block_indices
 from .core import SkipCore
 from .cotrain import CotrainConfig
+from .exit_core import ExitCore
 from .infos import CoreAccess, check_action, check_reset_options, check_rewards, check_seed, single_step_info
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
@@ -176,6 +178,8 @@ class ViTSkipEnv(CoreAccess, gym.Env):
         download: bool = False,
         device: str | torch.device = "auto",
         render_mode: str | None = None,
+        actions: Literal["skip", "skip_exit"] = "skip",
+        exits: str | os.PathLike | ExitHeads | None = None,
         **unknown: Any,
     ) -> None:
         check_kwargs(unknown, type(self).__name__)
@@ -200,11 +204,16 @@ class ViTSkipEnv(CoreAccess, gym.Env):
             download=download,
             device=device,
             render_mode=render_mode,
+            actions=actions,
+            exits=exits,
         )
         self.core: SkipCore = build_core(self.options, 1)
         self.render_mode = render_mode
         self.observation_space = self.core.encoder.space()
-        self.action_space = spaces.Discrete(2)
+        #: Episodes that end by exiting (``actions="skip_exit"``): ``Discrete(3)``.
+        self.per_row = isinstance(self.core, ExitCore)
+        self.action_space = spaces.Discrete(3 if self.per_row else 2)
+        self._ended = False
         self.sampler = ImageSampler(len(self.core.dataset), 1, sampling)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -224,18 +233,24 @@ class ViTSkipEnv(CoreAccess, gym.Env):
         if options:
             raise ValueError(f"unknown reset options {sorted(options)}; supported: ['image_index']")
         packed = self.core.start(index).cpu().numpy()
+        self._ended = False
         return self._row(packed), {"image_index": int(index[0])}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Skip (0) or execute (1) the next block."""
-        value = check_action(action)
+        """Skip (0) or execute (1) the next block, or exit (2, ``actions="skip_exit"``)."""
+        value = check_action(action, int(self.action_space.n))
+        if self._ended:
+            raise RuntimeError("the episode is over: call reset() before stepping")
         result = self.core.step(torch.tensor([value], device=self.core.device))
         host = SkipCore.to_host(result)
         check_rewards(host, self.options.reward_fn is not None)
-        return self._row(host["obs"]), float(host["reward"][0]), bool(result.terminal), False, single_step_info(host)
+        terminated = bool(host["ended"][0]) if self.per_row else bool(result.terminal)
+        self._ended = terminated
+        info = single_step_info(host) if terminated or not self.per_row else single_step_info(_step_only(host))
+        return self._row(host["obs"]), float(host["reward"][0]), terminated, False, info
 
     def action_masks(self) -> np.ndarray:
-        """``bool (2,)``: ``[skip allowed, execute allowed]`` for the next block (MaskablePPO's hook)."""
+        """``bool (A,)``: ``[skip allowed, execute allowed(, exit allowed)]`` for the next block (MaskablePPO's hook)."""
         return self.core.action_masks()[0].cpu().numpy()
 
     def skip_contract(self) -> SkipContract[ObservationEncoder]:
@@ -254,10 +269,16 @@ class ViTSkipEnv(CoreAccess, gym.Env):
             raise RuntimeError("nothing to render before reset()")
         core = self.core
         image = core.dataset.images[core.image_index[0]].cpu().numpy()
-        return render_frame(image, core.executed[0].cpu().numpy(), core.block)
+        block = int(core.blocks[0]) if isinstance(core, ExitCore) else core.block
+        return render_frame(image, core.executed[0].cpu().numpy(), block)
 
     def _row(self, packed: np.ndarray) -> Any:
         obs = self.core.encoder.unpack_numpy(packed)
         if isinstance(obs, dict):
             return {k: v[0] for k, v in obs.items()}
         return obs[0]
+
+
+def _step_only(host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A host step without its episode-end fields (an ``ExitCore`` step that did not end the episode)."""
+    return {k: v for k, v in host.items() if not k.startswith("final/")}

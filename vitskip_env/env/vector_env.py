@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
@@ -13,7 +14,19 @@ from gymnasium.vector.utils import batch_space
 from ..observations import ObservationEncoder
 from ..rules import SkipContract, block_indices
 from .core import SkipCore
-from .infos import CoreAccess, batched, batched_step_info, check_actions, check_reset_options, check_rewards, check_seed
+from .exit_core import ExitCore
+from .infos import (
+    CoreAccess,
+    batched,
+    batched_step_info,
+    check_actions,
+    check_reset_options,
+    check_rewards,
+    check_seed,
+    merge_infos,
+    row_step_info,
+    select_rows,
+)
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
 from .sampling import ImageSampler
@@ -42,7 +55,11 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
     All ``num_envs`` episodes run as one batch through the same ``SkipCore`` the single env uses:
     each vector step runs block ``i`` once, on the rows that execute it, and crosses to numpy once.
     Every episode lasts exactly ``depth`` steps, so all sub-environments terminate together and
-    the autoreset starts a new batch of images.
+    the autoreset starts a new batch of images. With ``actions="skip_exit"`` an episode ends when
+    its agent exits, so sub-environments end at different steps: each restarts alone (in the same
+    batch; rows at the same block still run it as one call), as ``SyncVectorEnv`` restarts its
+    sub-envs, and ``options["reset_mask"]`` may reset any subset; with autoreset ``DISABLED`` a
+    sub-environment whose episode ended waits (not stepped, zero reward) until it is reset.
 
     Args:
         num_envs: Episodes in flight.
@@ -112,10 +129,16 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
         self.render_mode = self.options.render_mode
         self.single_observation_space = self.core.encoder.space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.single_action_space = spaces.Discrete(2)
+        #: Episodes end one by one (``actions="skip_exit"``): each row restarts alone.
+        self.per_row = isinstance(self.core, ExitCore)
+        self.single_action_space = spaces.Discrete(3 if self.per_row else 2)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.sampler = ImageSampler(len(self.core.dataset), self.num_envs, self.options.sampling)
         self._autoreset = False
+        #: Rows whose episode ended on the last step (``per_row``, ``NEXT_STEP``): this step restarts them.
+        self._restart = np.zeros(self.num_envs, dtype=bool)
+        #: Rows whose episode ended with autoreset ``DISABLED``: they wait for ``reset``.
+        self._over = np.zeros(self.num_envs, dtype=bool)
 
     # ------------------------------------------------------------------ reset
     def reset(
@@ -134,7 +157,11 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
             seeds = seeds or [None] * n
             self.sampler.seed([seeding.np_random(s)[0] for s in seeds])
         mask = options.pop("reset_mask", None)
-        if mask is not None and not np.all(mask):
+        if mask is not None and self.per_row:
+            mask = np.asarray(mask)
+            if mask.shape != (n,) or mask.dtype != np.bool_:
+                raise ValueError(f"options['reset_mask'] must be a bool array of shape ({n},), got {mask!r}")
+        elif mask is not None and not np.all(mask):
             raise ValueError(
                 "ViTSkipVectorEnv keeps all episodes aligned (each lasts exactly `depth` steps), so it resets "
                 "every sub-environment together; options['reset_mask'] must be all True or omitted"
@@ -146,7 +173,27 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
             index = np.asarray(index)
             if index.shape != (n,) or index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= len(self.dataset):
                 raise ValueError(f"options['image_index'] must be {n} integers in [0, {len(self.dataset)}), got {index!r}")
+        if mask is not None and self.per_row and not mask.all() and not self.core.done:
+            rows = np.flatnonzero(mask)
+            obs, infos = self._start_rows(rows, None if index is None else index[rows])
+            self._restart &= ~mask
+            self._over &= ~mask
+            return obs, infos
+        self._restart[:] = False
+        self._over[:] = False
         return self._start(index)
+
+    def _start_rows(self, rows: np.ndarray, index: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restart the episodes of ``rows`` only; every row's observation, reset infos for ``rows``."""
+        index = self.sampler.next_rows(rows) if index is None else index.astype(np.int64)
+        core = self.core
+        assert isinstance(core, ExitCore)
+        packed = core.start_rows(torch.from_numpy(rows).to(core.device), index).cpu().numpy()
+        full = np.zeros(self.num_envs, dtype=np.int64)
+        full[rows] = index
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[rows] = True
+        return core.encoder.unpack_numpy(packed), {"image_index": full, "_image_index": mask}
 
     def _start(self, index: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
         index = self.sampler.next() if index is None else index.astype(np.int64)
@@ -162,7 +209,9 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
             actions: ``(num_envs,)`` integers in ``{0, 1}`` (numpy, list, or a torch tensor on any device).
         """
         n = self.num_envs
-        acts = check_actions(actions, n, self.core.device)
+        acts = check_actions(actions, n, self.core.device, int(self.single_action_space.n))
+        if self.per_row:
+            return self._step_rows(acts)
         no = np.zeros(n, dtype=bool)
         if self._autoreset:  # NEXT_STEP: this step only starts the new batch
             obs, infos = self._start()
@@ -191,9 +240,46 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
                 infos.update(reset_infos)
         return obs, rewards, terminated, truncated, infos
 
+    def _step_rows(self, acts: torch.Tensor) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """``actions="skip_exit"``: step the rows in flight, restart the ones that ended (per the autoreset mode)."""
+        core, n = self.core, self.num_envs
+        assert isinstance(core, ExitCore)
+        if core.done:
+            raise RuntimeError("no episodes in flight: call reset()")
+        restart = self._restart.copy()
+        # DISABLED: a row whose episode ended waits (not stepped, zero reward) until reset(options={"reset_mask": ...})
+        stepped = ~restart & ~self._over
+        result = core.step(acts, torch.from_numpy(stepped).to(core.device))
+        host = SkipCore.to_host(result)
+        check_rewards(host, False)
+        ended = host["ended"] & stepped
+        truncated = np.zeros(n, dtype=bool)
+        if self.max_episode_steps is not None:
+            truncated = stepped & ~ended & (core.blocks.cpu().numpy() >= self.max_episode_steps)
+        infos = row_step_info(host, stepped, ended)
+        rewards = np.where(stepped, host["reward"], 0.0).astype(np.float64)
+        obs = core.encoder.unpack_numpy(host["obs"])
+        over = ended | truncated
+        if restart.any():  # NEXT_STEP: these rows only start their new episode in this step
+            obs, reset_infos = self._start_rows(np.flatnonzero(restart))
+            infos = merge_infos(infos, reset_infos)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._restart = over
+        elif self.autoreset_mode == AutoresetMode.SAME_STEP and over.any():
+            final_obs = np.full(n, None, dtype=object)
+            for j in np.flatnonzero(over).tolist():
+                final_obs[j] = {k: v[j] for k, v in obs.items()} if isinstance(obs, dict) else obs[j]
+            final_info = select_rows(infos, over)
+            obs, reset_infos = self._start_rows(np.flatnonzero(over))
+            infos = merge_infos(select_rows(infos, ~over), reset_infos)
+            infos |= {"final_obs": final_obs, "_final_obs": over.copy(), "final_info": final_info, "_final_info": over.copy()}
+        if self.autoreset_mode == AutoresetMode.DISABLED:
+            self._over |= over
+        return obs, rewards, ended, truncated, infos
+
     # ------------------------------------------------------------------ extras
     def action_masks(self) -> np.ndarray:
-        """``bool (num_envs, 2)``: per sub-environment ``[skip allowed, execute allowed]`` (MaskablePPO)."""
+        """``bool (num_envs, A)``: per sub-environment ``[skip allowed, execute allowed(, exit allowed)]`` (MaskablePPO)."""
         return self.core.action_masks().cpu().numpy()
 
     def skip_contract(self) -> SkipContract[ObservationEncoder]:

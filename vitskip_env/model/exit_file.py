@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from ..files import cache_dir
 from .backbone import SkippableViT
 from .exits import ExitHeads
 from .fileformat import VitskipFileError, check_shapes, read_vitskip_file, require, where_of
+from .loading import backbone_from_config
 
 FORMAT = "vitskip-exits"
 FORMAT_VERSION = 1
@@ -90,4 +92,50 @@ def load_exit_heads(path: str | os.PathLike, backbone: SkippableViT) -> ExitHead
     return heads_from_file(config, groups["exits."], backbone, where).to(next(backbone.parameters()).device)
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "backbone_fingerprint", "heads_from_file", "load_exit_heads", "read_exit_file"]
+def default_exit_path(backbone_file: str | os.PathLike) -> Path:
+    """Where ``train/exits.py`` writes the heads of a backbone file: ``$VITSKIP_HOME/exits/<stem>-exits.safetensors``."""
+    return cache_dir() / "exits" / f"{Path(backbone_file).stem}-exits.safetensors"
+
+
+def is_exit_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a vitskip exit file (its header says so; no tensor is read)."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file() or path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = (fh.metadata() or {}).get("vitskip")
+        return isinstance(header, str) and json.loads(header).get("format") == FORMAT
+    except Exception:  # not safetensors, not JSON: not an exit file (the backbone loader says what it is)
+        return False
+
+
+def load_exit_model(path: str | os.PathLike) -> tuple[dict[str, Any], SkippableViT, ExitHeads]:
+    """The config, the backbone and the heads of an exit file (CPU, eval mode; no pickle).
+
+    Raises:
+        FileNotFoundError: No such file.
+        VitskipFileError: (a ``ValueError``) Not an exit file, or weights that do not match its config.
+    """
+    where = where_of(Path(path).expanduser())
+    config, groups = read_exit_file(path)
+    backbone = backbone_from_config(require(config, "backbone", dict, where), groups["backbone.vit."], where)
+    heads = heads_from_file(config, groups["exits."], backbone, where)
+    return config, backbone.eval(), heads.eval()
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "backbone_fingerprint",
+    "default_exit_path",
+    "heads_from_file",
+    "is_exit_file",
+    "load_exit_heads",
+    "load_exit_model",
+    "read_exit_file",
+]

@@ -1,0 +1,224 @@
+"""``SkipExitViT``: a ViT whose RL policy skips blocks and exits early per image; exited images leave the batch.
+
+The deployed form of an agent trained with ``actions="skip_exit"``. Per block, for the rows still in
+flight only: the observation (the env's encoder, with the exit entry of the head each row last
+passed) -> the policy's deterministic action -> the env's rules (a forbidden skip or exit becomes
+execute, exactly as the env overrides it) -> exiting rows take their exit head's logits and are
+**compacted away** (tokens, masks, per-row state); the block runs on the executing rows only; where
+an exit head reads the tokens after this block it runs on the rows in flight. So each image gets
+the prediction, executed blocks and exit point it gets in the env and alone, and no block or head
+ever sees an exited row.
+
+On CPU, up to :data:`HOST_BATCH` images decide in NumPy through the policy's
+:class:`~vitskip_env.deploy.folded.FoldedDecision` (a decision within rounding of a tie is taken by
+the exact path), as ``DynamicViT`` does: at batch 1 the torch decision would cost as much as a block.
+
+Saved as one safetensors file of the early-exit format (``vitskip-exits``: ``backbone.vit.*``,
+``exits.*`` and ``policy.*``; no pickle), loaded without Stable-Baselines3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..files import atomic_path, atomic_write_text
+from ..model import SkippableViT
+from ..model.exit_file import FORMAT, FORMAT_VERSION, backbone_fingerprint, load_exit_model, read_exit_file
+from ..model.exits import ExitHeads
+from ..model.fileformat import VitskipFileError, check_save_path, require, where_of
+from ..observations import EXIT_FEATURES, NO_EXIT, executed_fraction, exit_features
+from .folded import FoldedDecision
+from .policy import SkipPolicy, deterministic_action
+
+__all__ = ["SkipExitViT"]
+
+EXIT = 2
+#: Up to this many CPU images the decision runs folded in NumPy.
+HOST_BATCH = 16
+
+
+class SkipExitViT(nn.Module):
+    """A :class:`~vitskip_env.SkippableViT` with exit heads and a 3-action :class:`SkipPolicy` (skip / execute / exit).
+
+    Args:
+        backbone: The ViT the policy and heads were trained on.
+        heads: Its exit heads (the env's ``exits``).
+        policy: ``agents.export_policy(model, env)`` of an agent trained with ``actions="skip_exit"``.
+
+    Example:
+        >>> model = SkipExitViT(env.unwrapped.backbone, env.unwrapped.core.heads, export_policy(agent, env))  # doctest: +SKIP
+        >>> logits, executed, exit_block = model(images, return_exits=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, backbone: SkippableViT, heads: ExitHeads, policy: SkipPolicy) -> None:
+        super().__init__()
+        if not isinstance(policy, SkipPolicy) or not policy.encoder.exit_features:
+            raise ValueError(
+                "SkipExitViT needs the policy of an agent trained with actions='skip_exit' (3 actions, exit features "
+                "in its observation); a skip-only policy goes into DynamicViT"
+            )
+        if (heads.depth, heads.dim, heads.num_classes) != (backbone.depth, backbone.embed_dim, backbone.num_classes):
+            raise ValueError(
+                f"exit heads for a {heads.depth}-block, {heads.dim}-wide, {heads.num_classes}-class backbone cannot read "
+                f"this {backbone.depth}-block, {backbone.embed_dim}-wide, {backbone.num_classes}-class one"
+            )
+        enc = policy.encoder
+        if (enc.depth, enc.num_tokens, enc.embed_dim) != (backbone.depth, backbone.num_tokens, backbone.embed_dim):
+            raise ValueError(
+                f"the policy observes a {enc.depth}-block backbone with {enc.num_tokens} tokens of width {enc.embed_dim}; "
+                f"this one has {backbone.depth} blocks, {backbone.num_tokens} tokens of width {backbone.embed_dim}"
+            )
+        self.backbone, self.exits = backbone, heads
+        self.policy = policy.to(next(backbone.parameters()).device)
+        self.meta: dict[str, Any] = {}
+        #: The folded decision for small CPU batches (``None``: not supported; the exact path runs).
+        self.folded = FoldedDecision.build(self.policy)
+
+    def actions(
+        self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor
+    ) -> torch.Tensor:
+        """``int64 (N,)`` the policy's deterministic actions before the rules (the env's ``predict``)."""
+        folded = self.folded
+        if folded is not None and folded.is_stale(self.policy):
+            folded = self.folded = FoldedDecision.build(self.policy)
+        if folded is None or not folded.has_host_path or tokens.device.type != "cpu" or tokens.shape[0] > HOST_BATCH:
+            return self._exact(block, tokens, executed, exit_obs)
+        margins = folded.margin_from_host(
+            folded.features_host(tokens), block, executed.numpy().sum(1), exit_obs.numpy()
+        )  # (N, 2): execute, exit over skip
+        best = margins.max(1)
+        action = np.where(best > 0, 1 + margins.argmax(1), 0)
+        unsure = (np.abs(best) <= folded.tol) | (np.abs(margins[:, 0] - margins[:, 1]) <= folded.tol)
+        out = torch.from_numpy(action)
+        if unsure.any():  # within rounding of a tie: the exact path decides
+            rows = torch.from_numpy(np.flatnonzero(unsure))
+            out[rows] = self._exact(block, tokens[rows], executed[rows], exit_obs[rows])
+        return out
+
+    def _exact(self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor) -> torch.Tensor:
+        packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed), exit_obs)
+        return deterministic_action(self.policy.logits(packed), self.policy.decision)
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return self.backbone.depth
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, return_mask: bool = False, return_exits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits ``(B, C)``; with ``return_mask`` also the executed mask ``bool (B, depth)``; with
+        ``return_exits`` also the blocks each image passed before leaving (``depth`` for the final classifier).
+        """
+        vit, heads, rules = self.backbone, self.exits, self.policy.rules
+        tokens = vit.embed(images)
+        batch, dev = tokens.shape[0], tokens.device
+        out = torch.empty(batch, vit.num_classes, device=dev)
+        mask_out = torch.zeros(batch, vit.depth, dtype=torch.bool, device=dev)
+        blocks_out = torch.full((batch,), vit.depth, dtype=torch.long, device=dev)
+        alive = torch.arange(batch, device=dev)
+        executed = torch.zeros(batch, vit.depth, dtype=torch.bool, device=dev)
+        exit_obs = torch.full((batch, len(EXIT_FEATURES)), NO_EXIT, device=dev)
+        head_logits = torch.zeros(batch, vit.num_classes, device=dev)
+        previous = torch.full((batch,), -1, dtype=torch.long, device=dev)
+        run = torch.zeros(batch, dtype=torch.long, device=dev)
+        at_exit = False
+        n_points = len(heads) + 1
+        for i in range(vit.depth):
+            count = executed.sum(1)
+            action = self.actions(i, tokens, executed, exit_obs)
+            forced = rules.forced(i, count)
+            leave = (action == EXIT) & (count >= rules.min_blocks) if at_exit else torch.zeros_like(forced)
+            if bool(leave.any()):
+                gone = alive[leave]
+                out[gone], mask_out[gone], blocks_out[gone] = head_logits[leave], executed[leave], i
+                stay = ~leave
+                if not bool(stay.any()):
+                    break
+                alive, tokens, executed, action, forced = alive[stay], tokens[stay], executed[stay], action[stay], forced[stay]
+                previous, run = previous[stay], run[stay]
+            execute = (action != 0) | forced
+            executed[:, i] = execute
+            tokens = vit.run_block(i, tokens, execute.nonzero().squeeze(1), inplace=True)
+            k = heads.index_at(i)
+            at_exit = k is not None and i < vit.depth - 1
+            if at_exit:
+                head_logits = heads.logits(k, tokens, vit).float()
+                pred = head_logits.argmax(1)
+                run = torch.where(pred == previous, run + 1, torch.ones_like(run))
+                previous = pred
+                exit_obs = exit_features(head_logits, run, n_points)
+            else:
+                exit_obs = torch.full((tokens.shape[0], len(EXIT_FEATURES)), NO_EXIT, device=dev)
+        else:
+            out[alive], mask_out[alive] = vit.head(tokens).float(), executed
+        extra = ([mask_out] if return_mask else []) + ([blocks_out] if return_exits else [])
+        return (out, *extra) if extra else out
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """The JSON config stored in the file header and beside it."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone.config(),
+            "backbone_sha256": backbone_fingerprint(self.backbone),
+            "exits": self.exits.config(),
+            "policy": self.policy.config(),
+            **self.meta,
+        }
+
+    def save(self, path: str | os.PathLike, **meta: Any) -> Path:
+        """Write one safetensors file (backbone + heads + policy + JSON config in its header) and a ``.json`` copy.
+
+        Raises:
+            ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
+        """
+        from safetensors.torch import save_file
+
+        path = check_save_path(path)
+        self.meta.update(meta)
+        text = json.dumps(self.config(), indent=2, sort_keys=True)
+        state = {f"backbone.vit.{k}": v for k, v in self.backbone.vit.state_dict().items()}
+        state.update({f"exits.{k}": v for k, v in self.exits.state_dict().items()})
+        state.update({f"policy.{k}": v for k, v in self.policy.state_dict().items()})
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"vitskip": text})
+        atomic_write_text(path.with_suffix(".json"), text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> SkipExitViT:
+        """Load a file written by :meth:`save` (eval mode; no SB3, no pickle).
+
+        Raises:
+            FileNotFoundError: No such file.
+            VitskipFileError: (a ``ValueError``) Not an exit file, one without a policy (an ``EarlyExitViT``
+                file: load it with ``EarlyExitViT.load``), or weights that do not match the config.
+        """
+        where = where_of(Path(path).expanduser())
+        config, backbone, heads = load_exit_model(path)
+        if "policy" not in config:
+            raise VitskipFileError(
+                f"{where}: it holds exit heads and a threshold rule but no policy; load it with EarlyExitViT.load"
+            )
+        _, groups = read_exit_file(path)
+        try:
+            policy = SkipPolicy.from_config(require(config, "policy", dict, where), groups["policy."])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VitskipFileError(
+                f"{where}: its policy does not load ({exc}). Export it again (agents.export_policy)."
+            ) from exc
+        model = cls(backbone, heads, policy)
+        skip = ("format", "format_version", "backbone", "backbone_sha256", "exits", "policy")
+        model.meta = {k: v for k, v in config.items() if k not in skip}
+        return model.to(device).eval()
