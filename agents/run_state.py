@@ -200,8 +200,10 @@ def _capture_native(venv: Any) -> Parts:
         p.arrays["sampler_keys"] = np.asarray(sampler._keys, dtype=np.uint64)
     p.json["autoreset"] = bool(getattr(venv, "_autoreset", False))
     p.json["block"] = int(core.block)
+    if getattr(venv, "per_row", False):  # actions="skip_exit": rows restart one by one
+        p.arrays["restart"], p.arrays["over"] = venv._restart.copy(), venv._over.copy()
     if core.tokens is not None:
-        for name in ("image_index", "labels", "executed", "tokens"):
+        for name in ("image_index", "labels", "executed", "tokens", *core.row_state):
             p.tensors[name] = getattr(core, name).detach().cpu().clone()
     cot = core.cotrainer
     if cot is not None:
@@ -241,6 +243,10 @@ def _restore_native(venv: Any, p: Parts) -> None:
             core.labels = p.tensors["labels"].to(device)
             core.executed = p.tensors["executed"].to(device)
             core.tokens = p.tensors["tokens"].to(device)
+            for name in core.row_state:
+                setattr(core, name, p.tensors[name].to(device))
+    if getattr(venv, "per_row", False) and "restart" in p.arrays:
+        venv._restart, venv._over = p.arrays["restart"].copy(), p.arrays["over"].copy()
     core.block = int(p.json["block"])
     cot = core.cotrainer
     if ("cotrain" in p.json) != (cot is not None):

@@ -218,3 +218,24 @@ def test_load_checkpoint_takes_no_log_path_from_the_file(micro_kwargs: dict, tmp
     assert resumed.tensorboard_log is None
     given = load_checkpoint(tmp_path / "ckpt", env=VecMonitor(SB3VecEnv(N, **micro_kwargs)), tensorboard_log=elsewhere)
     assert given.tensorboard_log == elsewhere
+
+
+def test_skip_exit_ppo_resumed_mid_episode_matches_the_uninterrupted_run(micro_kwargs: dict, tmp_path: Path) -> None:
+    """Rows at different blocks, pending restarts and exit-head state all travel in the checkpoint."""
+    kwargs = {**micro_kwargs, "actions": "skip_exit", "exits": "linear"}
+
+    def build() -> VecMonitor:
+        return VecMonitor(SB3VecEnv(N, **kwargs))
+
+    straight = make_agent("ppo", build(), seed=0, n_steps=6)
+    straight.learn(144)
+    first = make_agent("ppo", build(), seed=0, n_steps=6)
+    first.learn(48, callback=SkipCheckpointCallback(1000, tmp_path))
+    core = first.get_env().unwrapped.vector_env.core
+    assert len(set(core.blocks.tolist())) > 1  # saved with rows at different blocks
+    torch.manual_seed(123)
+    np.random.seed(123)
+    resumed = load_checkpoint(tmp_path, env=build())
+    resumed.learn(96, reset_num_timesteps=False)
+    for key, value in straight.policy.state_dict().items():
+        torch.testing.assert_close(resumed.policy.state_dict()[key], value, rtol=0, atol=0)

@@ -77,6 +77,9 @@ class SkipCore(RulesView):
         cotrainer: Supervised backbone updates from finished episodes (``None`` = frozen).
     """
 
+    #: Per-row state tensors beside the tokens, labels and masks (what a checkpoint must also keep).
+    row_state: tuple[str, ...] = ()
+
     def __init__(
         self,
         backbone: SkippableViT,

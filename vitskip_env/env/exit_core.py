@@ -56,6 +56,8 @@ class ExitCore(SkipCore):
         head_costs: ``float32 (n_heads,)`` cost share of each head (:func:`head_cost_shares`).
     """
 
+    row_state = ("blocks", "at_exit", "head_logits", "previous", "run", "exit_obs", "spent")
+
     def __init__(
         self,
         backbone: SkippableViT,
