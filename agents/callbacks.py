@@ -219,6 +219,9 @@ class SkipEvalCallback(BaseCallback):
         backbone = getattr(self.training_env.unwrapped, "backbone", None)
         if self.share_backbone and isinstance(backbone, nn.Module):
             kwargs["backbone"] = backbone
+            heads = getattr(self.training_env.unwrapped, "exit_heads", None)
+            if heads is not None:  # actions="skip_exit": the same heads on the same backbone
+                kwargs["exits"] = heads
         self.eval_env = make_eval_env(kwargs, min(self.num_envs, self.n_images or self.num_envs), self.split)
         best_json = self.best_model_save_path / "best_model.json" if self.best_model_save_path else None
         if best_json is not None and best_json.is_file():  # resumed run: only a better model replaces it

@@ -112,6 +112,11 @@ class SB3VecEnv(VecEnv):
         return self.vector_env.dataset
 
     @property
+    def exit_heads(self) -> Any:
+        """The exit heads of ``actions="skip_exit"`` (``None`` for skip-only envs)."""
+        return self.vector_env.exit_heads
+
+    @property
     def depth(self) -> int:
         """Blocks per image (= steps per episode)."""
         return self.vector_env.core.depth

@@ -92,8 +92,11 @@ class Args:
     exits: str | None = None
     """an EarlyExitViT file (train/exits.py): time its threshold rules against the static backbone (and --run's
     skip-only DynamicViT when given); writes exits.md"""
+    exit_runs: tuple[str, ...] = ()
+    """--exits: runs of train/ppo.py --actions skip_exit on that exit file's backbone (RL skip+exit contenders)"""
     match_top1: float | None = None
-    """--exits: top-1 the matched thresholds must reach on val (default: --run's test top-1, else static - 0.5)"""
+    """--exits: top-1 the matched thresholds must reach on val (default: the first --exit-runs model's test top-1,
+    else --run's, else static - 0.5)"""
     malloc_tuning: bool = True
     """restart with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set (unless already set)"""
 

@@ -42,7 +42,7 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     from vitskip_env.measure import compare_speed, score
 
     backbone = env.unwrapped.backbone
-    heads = getattr(env.unwrapped.vector_env.core, "heads", None)  # actions="skip_exit"
+    heads = env.unwrapped.exit_heads  # actions="skip_exit"
     eval_kwargs = {**kwargs, "backbone": backbone}
     if heads is None:
         dyn = DynamicViT(backbone, export_policy(model, env)).eval()

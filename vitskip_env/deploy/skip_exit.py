@@ -81,9 +81,7 @@ class SkipExitViT(nn.Module):
         #: The folded decision for small CPU batches (``None``: not supported; the exact path runs).
         self.folded = FoldedDecision.build(self.policy)
 
-    def actions(
-        self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor
-    ) -> torch.Tensor:
+    def actions(self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor) -> torch.Tensor:
         """``int64 (N,)`` the policy's deterministic actions before the rules (the env's ``predict``)."""
         folded = self.folded
         if folded is not None and folded.is_stale(self.policy):

@@ -23,6 +23,7 @@ import torch
 
 from ..data import ImageDataset
 from ..model import SkippableViT
+from ..model.exits import ExitHeads
 from .core import SkipCore
 
 ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
@@ -265,7 +266,7 @@ def batched(values: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 class CoreAccess:
-    """``backbone`` and ``dataset`` properties shared by the single and the vector env (both hold ``self.core``)."""
+    """``backbone``, ``dataset`` and ``exit_heads`` of the single and the vector env (both hold ``self.core``)."""
 
     core: SkipCore
 
@@ -278,3 +279,8 @@ class CoreAccess:
     def dataset(self) -> ImageDataset:
         """The dataset split the images come from."""
         return self.core.dataset
+
+    @property
+    def exit_heads(self) -> ExitHeads | None:
+        """The exit heads of ``actions="skip_exit"`` (``None`` for skip-only envs)."""
+        return getattr(self.core, "heads", None)

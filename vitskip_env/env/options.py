@@ -199,10 +199,8 @@ def resolve_backbone(
     if isinstance(backbone, nn.Module):
         vit = backbone if isinstance(backbone, SkippableViT) else SkippableViT(backbone)
     elif isinstance(backbone, os.PathLike) or (isinstance(backbone, str) and _looks_like_path(backbone)):
-        if is_exit_file(backbone):
-            vit = load_exit_model(backbone)[1]
-        else:
-            vit = load_backbone(backbone, num_classes=ds.num_classes)
+        exit_file = is_exit_file(backbone)
+        vit = load_exit_model(backbone)[1] if exit_file else load_backbone(backbone, num_classes=ds.num_classes)
     elif backbone is None or isinstance(backbone, str):
         random = backbone == "random" or weights == "random"
         name = DEFAULT_PRESET.get(ds.name, "demo") if backbone in (None, "random") else backbone

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset
-from ..deploy import EarlyExitViT, ExitRule, point_costs, simulate
+from ..deploy import EarlyExitViT, ExitRule, SkipExitViT, point_costs, simulate
 from ..model import SkippableViT
 from .speed import compare_speed
 
@@ -94,6 +94,40 @@ def rule_row(
     }
 
 
+@torch.no_grad()
+def skip_exit_row(
+    model: SkipExitViT, ds: ImageDataset, costs: ExitCosts, limit: int | None = None, batch_size: int = 500
+) -> dict[str, Any]:
+    """Top-1, mean blocks run, LGViT's proxy and FLOPs ratio of an RL skip-and-exit model on ``ds``.
+
+    FLOPs count the embedding, the blocks each image ran, every exit head it passed and the final
+    classifier where it got there (the policy's small MLP is left out, as the rules' arithmetic is).
+    """
+    n = len(ds) if limit is None else min(limit, len(ds))
+    dtype = next(model.backbone.parameters()).dtype
+    hits, blocks, flops = 0, 0.0, 0.0
+    block_flops = torch.tensor(costs.blocks, dtype=torch.float64)
+    positions = torch.tensor(model.exits.positions)
+    head_flops = torch.tensor(costs.heads, dtype=torch.float64)
+    depth = model.depth
+    for i in range(0, n, batch_size):
+        images = ds.images[i : min(i + batch_size, n)]
+        logits, mask, left = model(ds.normalize(images, dtype), return_mask=True, return_exits=True)
+        hits += int((logits.argmax(1).cpu() == ds.labels[i : i + images.shape[0]].cpu()).sum())
+        mask, left = mask.cpu(), left.cpu()
+        blocks += float(mask.sum())
+        passed = (left[:, None] >= positions[None, :] + 1).double()  # the heads each image ran
+        per_image = costs.embed + mask.double() @ block_flops + passed @ head_flops + (left == depth).double() * costs.final
+        flops += float(per_image.sum())
+    mean_blocks = blocks / n
+    return {
+        "top1": 100.0 * hits / n,
+        "mean_blocks": mean_blocks,
+        "lgvit_proxy": depth / mean_blocks,
+        "flops_ratio": costs.static / (flops / n),
+    }
+
+
 def measure_exit_speed(
     contenders: Mapping[str, Callable[[torch.Tensor], object]],
     static: SkippableViT,
@@ -114,4 +148,4 @@ def measure_exit_speed(
     return compare_speed({"static": static, **contenders}, batches, rounds=rounds, warmup=warmup, baseline="static")
 
 
-__all__ = ["ExitCosts", "all_exit_logits", "measure_exit_speed", "rule_row"]
+__all__ = ["ExitCosts", "all_exit_logits", "measure_exit_speed", "rule_row", "skip_exit_row"]
