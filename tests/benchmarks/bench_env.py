@@ -43,3 +43,24 @@ def test_env_throughput() -> None:
     for ratio in result["ratios"]:
         low = MIN_RATIOS[ratio["ratio"]]
         assert ratio["median"] >= low, f"{ratio['ratio']} = {ratio['median']:.2f}, expected >= {low} (see {md_path})"
+
+
+@pytest.mark.benchmark
+def test_env_throughput_skip_exit() -> None:
+    """``actions="skip_exit"`` (linear exits after blocks 3-6): episodes of different lengths, rows restarting alone."""
+    threads = int(os.environ.get("VITSKIP_BENCH_THREADS", str(os.cpu_count() or 1)))
+    torch.set_num_threads(threads)
+    trained = find_backbone("demo", "shapes") is not None
+    kwargs = {
+        "backbone": "demo",
+        "backbone_weights": "trained" if trained else "random",
+        "split": "test",
+        "device": os.environ.get("VITSKIP_BENCH_DEVICE", "auto"),
+        "actions": "skip_exit",
+        "exits": "linear",
+    }
+    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5")))
+    _, md_path = write_results(result, RESULTS, name="env_throughput_skip_exit")
+    print(md_path.read_text())
+    rates = {row["config"]: row["steps_per_s"] for row in result["rows"]}
+    assert all(rate > 0 for rate in rates.values())

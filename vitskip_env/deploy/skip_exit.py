@@ -81,26 +81,8 @@ class SkipExitViT(nn.Module):
         #: The folded decision for small CPU batches (``None``: not supported; the exact path runs).
         self.folded = FoldedDecision.build(self.policy)
 
-    def actions(self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor) -> torch.Tensor:
-        """``int64 (N,)`` the policy's deterministic actions before the rules (the env's ``predict``)."""
-        folded = self.folded
-        if folded is not None and folded.is_stale(self.policy):
-            folded = self.folded = FoldedDecision.build(self.policy)
-        if folded is None or not folded.has_host_path or tokens.device.type != "cpu" or tokens.shape[0] > HOST_BATCH:
-            return self._exact(block, tokens, executed, exit_obs)
-        margins = folded.margin_from_host(
-            folded.features_host(tokens), block, executed.numpy().sum(1), exit_obs.numpy()
-        )  # (N, 2): execute, exit over skip
-        best = margins.max(1)
-        action = np.where(best > 0, 1 + margins.argmax(1), 0)
-        unsure = (np.abs(best) <= folded.tol) | (np.abs(margins[:, 0] - margins[:, 1]) <= folded.tol)
-        out = torch.from_numpy(action)
-        if unsure.any():  # within rounding of a tie: the exact path decides
-            rows = torch.from_numpy(np.flatnonzero(unsure))
-            out[rows] = self._exact(block, tokens[rows], executed[rows], exit_obs[rows])
-        return out
-
     def _exact(self, block: int, tokens: torch.Tensor, executed: torch.Tensor, exit_obs: torch.Tensor) -> torch.Tensor:
+        """``int64 (N,)`` the policy's deterministic actions before the rules, as the env's ``predict`` takes them."""
         packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed), exit_obs)
         return deterministic_action(self.policy.logits(packed), self.policy.decision)
 
@@ -116,8 +98,21 @@ class SkipExitViT(nn.Module):
         """Logits ``(B, C)``; with ``return_mask`` also the executed mask ``bool (B, depth)``; with
         ``return_exits`` also the blocks each image passed before leaving (``depth`` for the final classifier).
         """
-        vit, heads, rules = self.backbone, self.exits, self.policy.rules
-        tokens = vit.embed(images)
+        tokens = self.backbone.embed(images)
+        folded = self.folded
+        if folded is not None and folded.is_stale(self.policy):
+            folded = self.folded = FoldedDecision.build(self.policy)
+        small = tokens.device.type == "cpu" and tokens.shape[0] <= HOST_BATCH
+        if small and folded is not None and folded.has_host_path:
+            out, mask, blocks = self._run_host(folded, tokens)
+        else:
+            out, mask, blocks = self._run_torch(tokens)
+        extra = ([mask] if return_mask else []) + ([blocks] if return_exits else [])
+        return (out, *extra) if extra else out
+
+    def _run_torch(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Any device and batch: the exact decision per block, every step a torch kernel."""
+        vit, rules = self.backbone, self.policy.rules
         batch, dev = tokens.shape[0], tokens.device
         out = torch.empty(batch, vit.num_classes, device=dev)
         mask_out = torch.zeros(batch, vit.depth, dtype=torch.bool, device=dev)
@@ -129,10 +124,9 @@ class SkipExitViT(nn.Module):
         previous = torch.full((batch,), -1, dtype=torch.long, device=dev)
         run = torch.zeros(batch, dtype=torch.long, device=dev)
         at_exit = False
-        n_points = len(heads) + 1
         for i in range(vit.depth):
             count = executed.sum(1)
-            action = self.actions(i, tokens, executed, exit_obs)
+            action = self._exact(i, tokens, executed, exit_obs)
             forced = rules.forced(i, count)
             leave = (action == EXIT) & (count >= rules.min_blocks) if at_exit else torch.zeros_like(forced)
             if bool(leave.any()):
@@ -140,26 +134,82 @@ class SkipExitViT(nn.Module):
                 out[gone], mask_out[gone], blocks_out[gone] = head_logits[leave], executed[leave], i
                 stay = ~leave
                 if not bool(stay.any()):
-                    break
+                    return out, mask_out, blocks_out
                 alive, tokens, executed, action, forced = alive[stay], tokens[stay], executed[stay], action[stay], forced[stay]
                 previous, run = previous[stay], run[stay]
             execute = (action != 0) | forced
             executed[:, i] = execute
             tokens = vit.run_block(i, tokens, execute.nonzero().squeeze(1), inplace=True)
-            k = heads.index_at(i)
-            at_exit = k is not None and i < vit.depth - 1
+            at_exit = self._has_exit(i)
             if at_exit:
-                head_logits = heads.logits(k, tokens, vit).float()
-                pred = head_logits.argmax(1)
-                run = torch.where(pred == previous, run + 1, torch.ones_like(run))
-                previous = pred
-                exit_obs = exit_features(head_logits, run, n_points)
+                head_logits, previous, run, exit_obs = self._read_head(i, tokens, previous, run)
             else:
                 exit_obs = torch.full((tokens.shape[0], len(EXIT_FEATURES)), NO_EXIT, device=dev)
-        else:
-            out[alive], mask_out[alive] = vit.head(tokens).float(), executed
-        extra = ([mask_out] if return_mask else []) + ([blocks_out] if return_exits else [])
-        return (out, *extra) if extra else out
+        out[alive], mask_out[alive] = vit.head(tokens).float(), executed
+        return out, mask_out, blocks_out
+
+    def _run_host(self, folded: FoldedDecision, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A few CPU images: the folded decision and the bookkeeping in NumPy; torch only for blocks and heads."""
+        vit, rules = self.backbone, self.policy.rules
+        batch, depth = tokens.shape[0], vit.depth
+        out = torch.empty(batch, vit.num_classes)
+        mask_out = np.zeros((batch, depth), dtype=bool)
+        blocks_out = np.full(batch, depth, dtype=np.int64)
+        alive = np.arange(batch)
+        executed = np.zeros((batch, depth), dtype=bool)
+        exit_obs = np.full((batch, len(EXIT_FEATURES)), NO_EXIT, dtype=np.float32)
+        head_logits = torch.zeros(batch, vit.num_classes)
+        previous = torch.full((batch,), -1, dtype=torch.long)
+        run = torch.zeros(batch, dtype=torch.long)
+        at_exit = False
+        for i in range(depth):
+            count = executed.sum(1)
+            margins = folded.margin_from_host(folded.features_host(tokens), i, count, exit_obs)  # execute, exit over skip
+            best = margins.max(1)
+            action = np.where(best > 0, 1 + margins.argmax(1), 0)
+            unsure = np.flatnonzero((np.abs(best) <= folded.tol) | (np.abs(margins[:, 0] - margins[:, 1]) <= folded.tol))
+            if unsure.size:  # within rounding of a tie: the exact path decides
+                rows = torch.from_numpy(unsure)
+                exact = self._exact(i, tokens[rows], torch.from_numpy(executed[unsure]), torch.from_numpy(exit_obs[unsure]))
+                action[unsure] = exact.numpy()
+            leave = (action == EXIT) & (count >= rules.min_blocks) if at_exit else np.zeros(len(alive), dtype=bool)
+            if leave.any():
+                gone = alive[leave]
+                out[torch.from_numpy(gone)] = head_logits[torch.from_numpy(leave)]
+                mask_out[gone], blocks_out[gone] = executed[leave], i
+                stay = np.flatnonzero(~leave)
+                if not stay.size:
+                    return out, torch.from_numpy(mask_out), torch.from_numpy(blocks_out)
+                keep = torch.from_numpy(stay)
+                alive, executed, action, count = alive[stay], executed[stay], action[stay], count[stay]
+                tokens, previous, run = tokens[keep], previous[keep], run[keep]
+            execute = rules.enforce_host(i, count, action != 0)
+            executed[:, i] = execute
+            rows = np.flatnonzero(execute)
+            if rows.size:  # all rows (one image included) run the block as it is: no gather
+                tokens = vit.run_block(i, tokens, torch.from_numpy(rows), inplace=True)
+            at_exit = self._has_exit(i)
+            if at_exit:
+                head_logits, previous, run, obs = self._read_head(i, tokens, previous, run)
+                exit_obs = obs.numpy()
+            else:
+                exit_obs = np.full((len(alive), len(EXIT_FEATURES)), NO_EXIT, dtype=np.float32)
+        out[torch.from_numpy(alive)] = vit.head(tokens).float()
+        mask_out[alive] = executed
+        return out, torch.from_numpy(mask_out), torch.from_numpy(blocks_out)
+
+    def _has_exit(self, block: int) -> bool:
+        """Whether an exit head reads the tokens after ``block`` (not after the last: the final classifier does)."""
+        return self.exits.index_at(block) is not None and block < self.depth - 1
+
+    def _read_head(
+        self, block: int, tokens: torch.Tensor, previous: torch.Tensor, run: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exit head after ``block`` on the rows in flight: its logits, the patience state and the exit entry."""
+        logits = self.exits.logits(self.exits.index_at(block), tokens, self.backbone).float()
+        pred = logits.argmax(1)
+        run = torch.where(pred == previous, run + 1, torch.ones_like(run))
+        return logits, pred, run, exit_features(logits, run, len(self.exits) + 1)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:

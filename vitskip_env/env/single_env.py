@@ -46,6 +46,13 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ``always_execute``, :meth:`action_masks` tells which actions are allowed (for MaskablePPO); a
     disallowed skip is executed anyway and reported as ``info["action_overridden"]``.
 
+    ``actions="skip_exit"``: ``Discrete(3)``, adding ``2`` = exit. Right after a block with an exit
+    head (``exits``: LGViT heads from ``train/exits.py``, or ``"linear"``: the backbone's own norm and
+    classifier) the episode may end at once with that head's prediction (``terminated=True``,
+    ``info["exit_block"]`` = blocks passed); elsewhere, or before ``min_blocks`` blocks ran, exit is
+    masked (:meth:`action_masks` ``[:, 2]``) and executes instead (``action_overridden``). Episodes
+    then have different lengths; each exit head passed costs its FLOPs share in ``compute``.
+
     ## Observation Space
 
     ``obs_mode="flat"`` (default): ``Box(float32, (D + L + 1,))``
@@ -59,6 +66,10 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     \\* parameter-free layer norm over ``D`` (zero mean, unit variance), which bounds every entry
     by ``sqrt(D - 1)``; models without a class token use the mean of the patch tokens.
     \\** all zeros in the final observation (no block left).
+    With ``actions="skip_exit"`` every mode adds ``exit`` ``(5,)`` in ``[-1, 1]`` (after
+    ``executed_frac`` in the flat vector): exit allowed, the head's max probability, its entropy /
+    log(C), its top-2 margin and the patience count (equal predictions in a row / exit points), each
+    mapped from ``[0, 1]``; all ``-1`` where no head was just passed.
     ``obs_mode="dict"``: the same pieces as ``Dict(token=(D,), block=(L,), executed_frac=(1,))``;
     ``obs_mode="tokens"``: ``Dict(tokens=(T, D), block=(L,), executed_frac=(1,))``, the whole
     standardised token state for attention-based feature extractors. The encoder is the torch
@@ -92,7 +103,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ## Episode End
 
     Every episode is exactly ``L`` steps and then terminates (``terminated=True``); it is never
-    truncated. The last step's info adds ``label``, ``prediction``, ``correct``, ``is_success``
+    truncated. With ``actions="skip_exit"`` it may end earlier, by exiting. The last step's info adds ``label``, ``prediction``, ``correct``, ``is_success``
     (= ``correct``, for SB3's success rate), ``confidence`` (softmax probability of the predicted
     class), ``executed_mask`` (bool ``(L,)``),
     ``executed_blocks``, ``compute_ratio`` (cost share spent, in [0, 1]), ``image_index`` and, for
@@ -134,6 +145,11 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     - ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
     - ``render_mode``: ``None`` or ``"rgb_array"`` (the image beside a strip: green = executed,
       grey = skipped, yellow = next).
+    - ``actions``: ``"skip"`` (default) or ``"skip_exit"`` (see Action Space; frozen backbone and
+      built-in reward components only); ``exits``: the heads of ``"skip_exit"``: an exit file (it
+      holds its backbone: leave ``backbone`` unset, or pass the exit file as ``backbone``),
+      ``"linear"``, an ``ExitHeads`` of the backbone, or ``None`` (the backbone's exit file from
+      ``train/exits.py``, when there is one).
 
     Unknown or misspelt keyword arguments raise ``TypeError`` naming the closest valid one, in
     Python's own wording (``got an unexpected keyword argument 'frameskip'``), so that clients

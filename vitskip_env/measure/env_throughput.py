@@ -8,9 +8,13 @@ Configurations (``CONFIGS``):
 - ``floor<N>``: the same work without any env: embed ``N`` images, run every block on the rows a
   random mask executes (gather / scatter), head. Nothing an env can do is faster.
 
-Every configuration follows the same random policy (execute with probability 1/2). An env step is
-one decision of one episode, so a vector step of ``N`` envs counts ``N``; NEXT_STEP autoreset steps
-and ``reset`` calls are timed but not counted. Measurement rules (docs/architecture.md, "Honest
+Every configuration follows the same random policy (uniform over the actions: skip / execute, and
+exit with ``actions="skip_exit"``). An env step is one decision of one episode, so a vector step
+of ``N`` envs counts the sub-environments that stepped; NEXT_STEP autoreset steps and ``reset``
+calls are timed but not counted. With ``actions="skip_exit"`` episodes end at different steps and
+rows restart one by one; its floor runs each block once per batch on the executing rows still in
+flight, every exit head on the rows in flight, and lets a third of those rows leave after each head
+(what the uniform policy does), with no per-row block pointers. Measurement rules (docs/architecture.md, "Honest
 measurement"): one process, every configuration built first, warm-up rounds, then rounds that run
 the configurations interleaved (the order rotates every round), medians over rounds, and ratios
 taken per round before their median, so slow drift of the host cancels out.
@@ -40,40 +44,43 @@ RATIOS: tuple[tuple[str, str], ...] = (("native256", "floor256"), ("native64", "
 Runner = Callable[[], int]  # runs one round, returns the env steps it made
 
 
-def _actions(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
-    return rng.integers(0, 2, size=(count, n))
+def _actions(rng: np.random.Generator, n: int, count: int, n_actions: int = 2) -> np.ndarray:
+    return rng.integers(0, n_actions, size=(count, n))
 
 
 def _vector_runner(venv: gym.vector.VectorEnv, depth: int, episodes: int, seed: int) -> Runner:
     n = venv.num_envs
-    pool = _actions(np.random.default_rng(seed), n, 64)
+    pool = _actions(np.random.default_rng(seed), n, 64, int(venv.single_action_space.n))
     venv.reset(seed=seed)
     state = {"k": 0}
 
     def run() -> int:
         steps = 0
-        for _ in range(episodes):
-            for _ in range(depth + 1):  # depth decisions + the NEXT_STEP autoreset step
-                venv.step(pool[state["k"] % len(pool)])
-                state["k"] += 1
-            steps += n * depth
+        for _ in range(episodes * (depth + 1)):  # as many vector steps as `episodes` aligned skip-only batches take
+            infos = venv.step(pool[state["k"] % len(pool)])[4]
+            state["k"] += 1
+            stepped = infos.get("_reward_components")  # NEXT_STEP restarts have no step fields
+            steps += int(stepped.sum()) if stepped is not None else 0
         return steps
 
     return run
 
 
 def _single_runner(env: gym.Env, depth: int, episodes: int, seed: int) -> Runner:
-    pool = [int(a) for a in _actions(np.random.default_rng(seed), 1, 256)[:, 0]]
+    pool = [int(a) for a in _actions(np.random.default_rng(seed), 1, 256, int(env.action_space.n))[:, 0]]
     env.reset(seed=seed)
     state = {"k": 0}
 
     def run() -> int:
-        for _ in range(episodes):
+        steps = 0
+        while steps < episodes * depth:
             env.reset()
-            for _ in range(depth):
-                env.step(pool[state["k"] % len(pool)])
+            done = False
+            while not done:
+                done = env.step(pool[state["k"] % len(pool)])[2]
                 state["k"] += 1
-        return episodes * depth
+                steps += 1
+        return steps
 
     return run
 
@@ -81,22 +88,33 @@ def _single_runner(env: gym.Env, depth: int, episodes: int, seed: int) -> Runner
 def _floor_runner(venv: Any, n: int, episodes: int, seed: int) -> Runner:
     core = venv.unwrapped.core
     vit, ds = core.backbone, core.dataset
+    heads = getattr(core, "heads", None)
     g = torch.Generator(device=ds.device).manual_seed(seed)
-    masks = torch.rand(64, n, vit.depth, generator=g, device=ds.device) < 0.5
+    # the uniform random policy executes half the blocks, two thirds with an exit action (exit where not allowed executes)
+    masks = torch.rand(64, n, vit.depth, generator=g, device=ds.device) < (0.5 if heads is None else 2 / 3)
+    leave = torch.rand(64, n, vit.depth, generator=g, device=ds.device) < 1 / 3
     state = {"k": 0}
 
     @torch.inference_mode()
     def run() -> int:
+        steps = 0
         for _ in range(episodes):
             idx = torch.randint(0, len(ds), (n,), generator=g, device=ds.device)
-            mask = masks[state["k"] % len(masks)]
+            mask, gone = masks[state["k"] % len(masks)], leave[state["k"] % len(leave)]
             state["k"] += 1
             tokens = vit.embed(ds.normalize(ds.images[idx]))
             for i in range(vit.depth):
-                tokens = vit.run_block(i, tokens, mask[:, i].nonzero().squeeze(1), inplace=True)
+                steps += tokens.shape[0]
+                tokens = vit.run_block(i, tokens, mask[: tokens.shape[0], i].nonzero().squeeze(1), inplace=True)
+                k = heads.index_at(i) if heads is not None and i < vit.depth - 1 else None
+                if k is not None:
+                    heads.logits(k, tokens, vit).argmax(1)
+                    stay = ~gone[: tokens.shape[0], i]
+                    steps += int((~stay).sum())  # the exit decisions
+                    tokens = tokens[stay]
             vit.head(tokens).argmax(1)
         sync(ds.device)
-        return episodes * n * vit.depth
+        return steps
 
     return run
 
