@@ -266,3 +266,36 @@ def test_the_encoder_and_rules_come_from_the_public_accessor(micro_kwargs: dict)
     assert skip_contract(DummyVecEnv([lambda: gym.make("CartPole-v1")])) is None
     with pytest.raises(ValueError, match="env="):
         export_policy(agent, DummyVecEnv([lambda: gym.make("CartPole-v1")]))
+
+
+@pytest.mark.parametrize("obs_mode", ["flat", "dict"])
+def test_skip_exit_agent_exports_to_a_skip_exit_vit(obs_mode: str, micro_kwargs: dict, tmp_path: Path) -> None:
+    """A 3-action PPO (block-embedding extractor over the exit entry too) exports exactly, and its SkipExitViT
+    reproduces the env's episodes driven by ``model.predict``."""
+    agents = pytest.importorskip("agents")
+    from vitskip_env import SkipExitViT
+
+    kwargs = {**micro_kwargs, "actions": "skip_exit", "exits": "linear", "obs_mode": obs_mode}
+    env = agents.SB3VecEnv(num_envs=4, **kwargs)
+    model = agents.make_agent("ppo", env, seed=0)
+    with torch.no_grad():  # spread the actions: skips, executions and exits all occur
+        g = torch.Generator().manual_seed(1)
+        for param in model.policy.action_net.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 2.0)
+    exported = export_policy(model)
+    assert exported.n_actions == 3
+    result = agents.evaluate_agent(model, {**kwargs, "backbone": env.backbone, "exits": env.exit_heads}, 32,
+                                   num_envs=16, return_episodes=True)  # fmt: skip
+    ep = result["episodes"]
+    assert len(set(ep["exit_block"].tolist())) >= 2 and 0 < ep["executed_mask"].mean() < 1
+    model_file = SkipExitViT(env.backbone, env.exit_heads, exported).save(tmp_path / "skip_exit.safetensors")
+    deployed = SkipExitViT.load(model_file)
+    ds = env.dataset
+    images = ds.normalize(ds.images[torch.from_numpy(ep["image_index"])])
+    for batch in (images, images[:1], images[5:7]):  # torch path (32), NumPy path (1, 2)
+        n = batch.shape[0]
+        start = 0 if n == 32 else (0 if n == 1 else 5)
+        logits, mask, left = deployed(batch, return_mask=True, return_exits=True)
+        np.testing.assert_array_equal(logits.argmax(1).numpy(), ep["prediction"][start : start + n])
+        np.testing.assert_array_equal(mask.numpy(), ep["executed_mask"][start : start + n])
+        np.testing.assert_array_equal(left.numpy(), ep["exit_block"][start : start + n])
