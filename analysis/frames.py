@@ -16,6 +16,7 @@ The tidy *skip frame* is what a training run writes to ``eval.parquet`` and what
 | ``correct`` | bool | ``prediction == label`` |
 | ``confidence`` | float32 | softmax probability of the predicted class; NaN in runs written before it was recorded |
 | ``executed_blocks`` | int16 | blocks the image executed (its depth); the same on all rows of the image |
+| ``exit_block`` | int16 | blocks passed before leaving through an exit head (``actions="skip_exit"``); else the depth |
 
 Every column after ``executed`` describes the image and repeats on each of its ``depth`` rows.
 :func:`image_frame` keeps one row per image (plus ``path``, the executed mask as a string such as
@@ -48,6 +49,7 @@ COLUMNS: dict[str, str] = {
     "correct": "bool",
     "confidence": "float32",
     "executed_blocks": "int16",
+    "exit_block": "int16",
 }
 #: Columns a skip frame must have; the others are derived (``executed_blocks``, ``class_name``) or NaN.
 REQUIRED: tuple[str, ...] = ("image_index", "block", "executed", "label", "prediction", "correct")
@@ -145,6 +147,7 @@ def from_episodes(episodes: Mapping[str, Any], classes: Sequence[str]) -> pd.Dat
         "correct": np.repeat(per_image["correct"], depth),
         "confidence": np.repeat(per_image.get("confidence", nan), depth),
         "executed_blocks": np.repeat(mask.sum(1), depth),
+        "exit_block": np.repeat(per_image.get("exit_block", np.full(n, depth)), depth),
     })  # fmt: skip
     labels = frame["label"].to_numpy(dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -158,7 +161,8 @@ def check_frame(frame: pd.DataFrame, source: str = "the frame") -> pd.DataFrame:
     """The frame with the documented columns, dtypes and order, sorted by image then block.
 
     Missing optional columns are filled in: ``executed_blocks`` from ``executed``, ``class_name``
-    from ``label`` (as text), ``difficulty`` and ``confidence`` as NaN.
+    from ``label`` (as text), ``difficulty`` and ``confidence`` as NaN, ``exit_block`` as the depth
+    (no early exit).
 
     Raises:
         ValueError: A required column is missing, an image lacks a block or has one twice, or
@@ -194,6 +198,10 @@ def check_frame(frame: pd.DataFrame, source: str = "the frame") -> pd.DataFrame:
     for col in ("difficulty", "confidence"):
         if col not in out.columns:
             out[col] = np.float32("nan")
+    if "exit_block" not in out.columns:  # no exit action: every image reached the final classifier
+        out["exit_block"] = n_blocks
+    elif (out["executed"] & (out["block"] >= out["exit_block"])).any():
+        raise ValueError(f"{source}: a block at or after an image's exit_block is marked executed")
     return out[list(COLUMNS)].astype(COLUMNS)
 
 

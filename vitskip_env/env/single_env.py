@@ -103,11 +103,13 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     ## Episode End
 
     Every episode is exactly ``L`` steps and then terminates (``terminated=True``); it is never
-    truncated. With ``actions="skip_exit"`` it may end earlier, by exiting. The last step's info adds ``label``, ``prediction``, ``correct``, ``is_success``
+    truncated. With ``actions="skip_exit"`` it may end earlier, by exiting. The last step's info adds
+    ``label``, ``prediction``, ``correct``, ``is_success``
     (= ``correct``, for SB3's success rate), ``confidence`` (softmax probability of the predicted
     class), ``executed_mask`` (bool ``(L,)``),
-    ``executed_blocks``, ``compute_ratio`` (cost share spent, in [0, 1]), ``image_index`` and, for
-    datasets that know it (shapes), ``difficulty``.
+    ``executed_blocks``, ``compute_ratio`` (cost share spent, in [0, 1]; with exits, the heads
+    passed too), ``image_index``, for datasets that know it (shapes), ``difficulty``, and with
+    ``actions="skip_exit"`` ``exit_block`` (blocks passed before leaving; ``L`` at the final classifier).
 
     ## Registration
 

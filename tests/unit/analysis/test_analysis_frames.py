@@ -181,3 +181,12 @@ def test_analysis_imports_neither_torch_nor_training_code() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_exit_block_is_kept_defaulted_and_checked() -> None:
+    plain = from_episodes(episodes(), CLASSES)
+    assert (plain["exit_block"] == 4).all()  # no exit action: every image reached the final classifier
+    exited = from_episodes({**episodes(), "exit_block": np.array([2, 4, 4, 3])}, CLASSES)
+    assert image_frame(exited)["exit_block"].tolist() == [2, 4, 4, 3]
+    with pytest.raises(ValueError, match="exit_block is marked executed"):
+        from_episodes({**episodes(), "exit_block": np.array([1, 4, 4, 3])}, CLASSES)  # image 10 ran block 1
