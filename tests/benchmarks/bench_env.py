@@ -23,8 +23,8 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 MIN_RATIOS: dict[str, float] = {"native256 / floor256": 0.8, "native64 / sync64": 2.0}
 
 
-@pytest.mark.benchmark
-def test_env_throughput() -> None:
+def _measure(name: str, **extra: object) -> tuple[dict, Path]:
+    """Measure the demo backbone's shapes env (``extra``: more env keyword arguments) and write ``<name>.{csv,md}``."""
     threads = int(os.environ.get("VITSKIP_BENCH_THREADS", str(os.cpu_count() or 1)))
     torch.set_num_threads(threads)
     trained = find_backbone("demo", "shapes") is not None
@@ -33,12 +33,18 @@ def test_env_throughput() -> None:
         "backbone_weights": "trained" if trained else "random",  # the same compute either way
         "split": "test",
         "device": os.environ.get("VITSKIP_BENCH_DEVICE", "auto"),
+        **extra,
     }
     result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5")))
-    _, md_path = write_results(result, RESULTS)
+    _, md_path = write_results(result, RESULTS, name=name)
     print(md_path.read_text())
-    rates = {row["config"]: row["steps_per_s"] for row in result["rows"]}
-    assert all(rate > 0 for rate in rates.values())
+    assert all(row["steps_per_s"] > 0 for row in result["rows"])
+    return result, md_path
+
+
+@pytest.mark.benchmark
+def test_env_throughput() -> None:
+    result, md_path = _measure("env_throughput")
     # Asserted so that a regression shows up when this is run.
     for ratio in result["ratios"]:
         low = MIN_RATIOS[ratio["ratio"]]
@@ -47,20 +53,5 @@ def test_env_throughput() -> None:
 
 @pytest.mark.benchmark
 def test_env_throughput_skip_exit() -> None:
-    """``actions="skip_exit"`` (linear exits after blocks 3-6): episodes of different lengths, rows restarting alone."""
-    threads = int(os.environ.get("VITSKIP_BENCH_THREADS", str(os.cpu_count() or 1)))
-    torch.set_num_threads(threads)
-    trained = find_backbone("demo", "shapes") is not None
-    kwargs = {
-        "backbone": "demo",
-        "backbone_weights": "trained" if trained else "random",
-        "split": "test",
-        "device": os.environ.get("VITSKIP_BENCH_DEVICE", "auto"),
-        "actions": "skip_exit",
-        "exits": "linear",
-    }
-    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5")))
-    _, md_path = write_results(result, RESULTS, name="env_throughput_skip_exit")
-    print(md_path.read_text())
-    rates = {row["config"]: row["steps_per_s"] for row in result["rows"]}
-    assert all(rate > 0 for rate in rates.values())
+    """``actions="skip_exit"`` (linear exits after blocks 4-7): episodes of different lengths, rows restarting alone."""
+    _measure("env_throughput_skip_exit", actions="skip_exit", exits="linear")

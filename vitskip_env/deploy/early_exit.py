@@ -14,7 +14,6 @@ the backbone, the heads, the SHA-256 of the backbone weights the heads belong to
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import atomic_path, atomic_write_text
 from ..model import SkippableViT
-from ..model.exit_file import FORMAT, FORMAT_VERSION, backbone_fingerprint, load_exit_model
+from ..model.exit_file import exit_file_config, load_exit_model, write_exit_file
 from ..model.exits import ExitHeads
-from ..model.fileformat import VitskipFileError, check_save_path, require, where_of
+from ..model.fileformat import VitskipFileError, require, where_of
 from .exit_rules import ExitRule
 
 
@@ -131,15 +129,7 @@ class EarlyExitViT(nn.Module):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """The JSON config stored in the file header and beside it."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backbone": self.backbone.config(),
-            "backbone_sha256": backbone_fingerprint(self.backbone),
-            "exits": self.exits.config(),
-            "rule": self.rule.config(),
-            **self.meta,
-        }
+        return {**exit_file_config(self.backbone, self.exits), "rule": self.rule.config(), **self.meta}
 
     def save(self, path: str | os.PathLike, **meta: Any) -> Path:
         """Write one safetensors file (backbone + heads + JSON config in its header) and a readable ``.json`` copy.
@@ -147,18 +137,8 @@ class EarlyExitViT(nn.Module):
         Raises:
             ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
         """
-        from safetensors.torch import save_file
-
-        path = check_save_path(path)
         self.meta.update(meta)
-        text = json.dumps(self.config(), indent=2, sort_keys=True)
-        state = {f"backbone.vit.{k}": v for k, v in self.backbone.vit.state_dict().items()}
-        state.update({f"exits.{k}": v for k, v in self.exits.state_dict().items()})
-        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"vitskip": text})
-        atomic_write_text(path.with_suffix(".json"), text + "\n")
-        return path
+        return write_exit_file(path, self.config(), self.backbone, self.exits)
 
     @classmethod
     def load(
@@ -172,7 +152,7 @@ class EarlyExitViT(nn.Module):
                 version, a malformed header, or weights that do not match it; the message names the file.
         """
         where = where_of(Path(path).expanduser())
-        config, backbone, heads = load_exit_model(path)
+        config, backbone, heads, _ = load_exit_model(path)
         if rule is None and "policy" in config:
             raise VitskipFileError(f"{where}: it holds an RL skip-and-exit policy, not a threshold rule; load it with "
                                    "SkipExitViT.load, or pass rule= to use its heads with a threshold rule")  # fmt: skip

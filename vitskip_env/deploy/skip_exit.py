@@ -19,7 +19,6 @@ Saved as one safetensors file of the early-exit format (``vitskip-exits``: ``bac
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import atomic_path, atomic_write_text
 from ..model import SkippableViT
-from ..model.exit_file import FORMAT, FORMAT_VERSION, backbone_fingerprint, load_exit_model, read_exit_file
+from ..model.exit_file import exit_file_config, load_exit_model, write_exit_file
 from ..model.exits import ExitHeads
-from ..model.fileformat import VitskipFileError, check_save_path, require, where_of
+from ..model.fileformat import VitskipFileError, require, where_of
 from ..observations import EXIT_FEATURES, NO_EXIT, executed_fraction, exit_features
 from .folded import FoldedDecision
 from .policy import SkipPolicy, deterministic_action
@@ -214,35 +212,16 @@ class SkipExitViT(nn.Module):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         """The JSON config stored in the file header and beside it."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backbone": self.backbone.config(),
-            "backbone_sha256": backbone_fingerprint(self.backbone),
-            "exits": self.exits.config(),
-            "policy": self.policy.config(),
-            **self.meta,
-        }
+        return {**exit_file_config(self.backbone, self.exits), "policy": self.policy.config(), **self.meta}
 
     def save(self, path: str | os.PathLike, **meta: Any) -> Path:
-        """Write one safetensors file (backbone + heads + policy + JSON config in its header) and a ``.json`` copy.
+        """Write one safetensors file (backbone + heads + policy + JSON config in its header) and a readable ``.json`` copy.
 
         Raises:
             ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
         """
-        from safetensors.torch import save_file
-
-        path = check_save_path(path)
         self.meta.update(meta)
-        text = json.dumps(self.config(), indent=2, sort_keys=True)
-        state = {f"backbone.vit.{k}": v for k, v in self.backbone.vit.state_dict().items()}
-        state.update({f"exits.{k}": v for k, v in self.exits.state_dict().items()})
-        state.update({f"policy.{k}": v for k, v in self.policy.state_dict().items()})
-        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata={"vitskip": text})
-        atomic_write_text(path.with_suffix(".json"), text + "\n")
-        return path
+        return write_exit_file(path, self.config(), self.backbone, self.exits, policy=self.policy)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> SkipExitViT:
@@ -254,14 +233,13 @@ class SkipExitViT(nn.Module):
                 file: load it with ``EarlyExitViT.load``), or weights that do not match the config.
         """
         where = where_of(Path(path).expanduser())
-        config, backbone, heads = load_exit_model(path)
+        config, backbone, heads, policy_state = load_exit_model(path)
         if "policy" not in config:
             raise VitskipFileError(
                 f"{where}: it holds exit heads and a threshold rule but no policy; load it with EarlyExitViT.load"
             )
-        _, groups = read_exit_file(path)
         try:
-            policy = SkipPolicy.from_config(require(config, "policy", dict, where), groups["policy."])
+            policy = SkipPolicy.from_config(require(config, "policy", dict, where), policy_state)
         except (KeyError, TypeError, ValueError) as exc:
             raise VitskipFileError(
                 f"{where}: its policy does not load ({exc}). Export it again (agents.export_policy)."

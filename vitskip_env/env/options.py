@@ -265,7 +265,7 @@ def resolve_exits(opts: EnvOptions, ds: ImageDataset, device: torch.device) -> t
     exits = opts.exits
     own = _backbone_file(opts.backbone, opts.backbone_weights, ds.name)
     if exits is None and own is not None and is_exit_file(own):
-        _, vit, heads = load_exit_model(own)  # an exit file as the backbone: its own heads
+        _, vit, heads, _ = load_exit_model(own)  # an exit file as the backbone: its own heads
         return resolve_backbone(vit, "trained", ds, device), heads.to(device).eval()
     if exits is None:
         src = _backbone_file(opts.backbone, opts.backbone_weights, ds.name)
@@ -293,7 +293,7 @@ def resolve_exits(opts: EnvOptions, ds: ImageDataset, device: torch.device) -> t
             "an exit file holds the backbone its heads were trained with, so backbone= must be left unset beside "
             f"exits={str(exits)!r}"
         )
-    _, vit, heads = load_exit_model(exits)
+    _, vit, heads, _ = load_exit_model(exits)
     resolve_backbone(vit, opts.backbone_weights, ds, device)  # checks classes and image size
     return vit.to(device).eval(), heads.to(device).eval()
 

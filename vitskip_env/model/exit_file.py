@@ -20,7 +20,7 @@ import torch
 from ..files import cache_dir
 from .backbone import SkippableViT
 from .exits import ExitHeads
-from .fileformat import VitskipFileError, check_shapes, read_vitskip_file, require, where_of
+from .fileformat import VitskipFileError, check_save_path, check_shapes, read_vitskip_file, require, where_of
 from .loading import backbone_from_config
 
 FORMAT = "vitskip-exits"
@@ -97,6 +97,42 @@ def default_exit_path(backbone_file: str | os.PathLike) -> Path:
     return cache_dir() / "exits" / f"{Path(backbone_file).stem}-exits.safetensors"
 
 
+def exit_file_config(backbone: SkippableViT, heads: ExitHeads) -> dict[str, Any]:
+    """The header entries every exit file has: format, version, the backbone's config and SHA-256, the heads' layout."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone.config(),
+        "backbone_sha256": backbone_fingerprint(backbone),
+        "exits": heads.config(),
+    }
+
+
+def write_exit_file(
+    path: str | os.PathLike, config: dict[str, Any], backbone: SkippableViT, heads: ExitHeads, **groups: torch.nn.Module
+) -> Path:
+    """Write an exit file atomically: ``backbone.vit.*``, ``exits.*`` and ``<group>.*`` per extra module (``policy``),
+    the config in the header and in a readable ``<stem>.json`` beside it.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.safetensors`` (nothing is written).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..files import atomic_path, atomic_write_text
+
+    path = check_save_path(path)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    modules = {"backbone.vit": backbone.vit, "exits": heads, **groups}
+    state = {f"{name}.{k}": v.detach().contiguous().cpu() for name, m in modules.items() for k, v in m.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"vitskip": text})
+    atomic_write_text(path.with_suffix(".json"), text + "\n")
+    return path
+
+
 def is_exit_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a vitskip exit file (its header says so; no tensor is read)."""
     import json
@@ -114,8 +150,10 @@ def is_exit_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_exit_model(path: str | os.PathLike) -> tuple[dict[str, Any], SkippableViT, ExitHeads]:
-    """The config, the backbone and the heads of an exit file (CPU, eval mode; no pickle).
+def load_exit_model(
+    path: str | os.PathLike,
+) -> tuple[dict[str, Any], SkippableViT, ExitHeads, dict[str, torch.Tensor]]:
+    """The config, the backbone, the heads and the ``policy.*`` tensors (if any) of an exit file (CPU, eval mode; no pickle).
 
     Raises:
         FileNotFoundError: No such file.
@@ -125,7 +163,7 @@ def load_exit_model(path: str | os.PathLike) -> tuple[dict[str, Any], SkippableV
     config, groups = read_exit_file(path)
     backbone = backbone_from_config(require(config, "backbone", dict, where), groups["backbone.vit."], where)
     heads = heads_from_file(config, groups["exits."], backbone, where)
-    return config, backbone.eval(), heads.eval()
+    return config, backbone.eval(), heads.eval(), groups["policy."]
 
 
 __all__ = [
@@ -133,9 +171,11 @@ __all__ = [
     "FORMAT_VERSION",
     "backbone_fingerprint",
     "default_exit_path",
+    "exit_file_config",
     "heads_from_file",
     "is_exit_file",
     "load_exit_heads",
     "load_exit_model",
     "read_exit_file",
+    "write_exit_file",
 ]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from compare import assert_same
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -23,29 +22,6 @@ ID = "ViTSkip-Shapes-v0"
 def exit_kwargs(micro_kwargs: dict) -> dict:
     """MICRO with linear exits after blocks 1 and 2 of the 4-block backbone."""
     return {**micro_kwargs, "actions": "skip_exit", "exits": "linear"}
-
-
-def assert_same_infos(a: Any, b: Any, path: str = "") -> None:
-    """Equal values and dtypes; dict keys compared as sets (their order is the order rows happen to report)."""
-    if isinstance(a, tuple):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_infos(x, y, f"{path}[{i}]")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
-        for key in a:
-            assert_same_infos(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, np.ndarray) and a.dtype == object:
-        assert isinstance(b, np.ndarray) and b.dtype == object and a.shape == b.shape, path
-        for x, y in zip(a, b, strict=True):
-            assert_same_infos(x, y, path + "[]")
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype} {b.dtype}"
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=path)
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=path)
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def test_spaces_masks_and_an_exit_episode(exit_kwargs: dict) -> None:
@@ -102,13 +78,13 @@ def test_native_equals_sync_with_exits(exit_kwargs: dict, mode: AutoresetMode, o
     sync = gym.make_vec(ID, num_envs=n, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode}, **kwargs)
     assert isinstance(native, ViTSkipVectorEnv) and isinstance(sync, SyncVectorEnv)
     assert native.action_space == sync.action_space and native.observation_space == sync.observation_space
-    assert_same_infos(native.reset(seed=3), sync.reset(seed=3))
+    assert_same(native.reset(seed=3), sync.reset(seed=3), ordered=False)
     rng = np.random.default_rng(0)
     ends, lengths = 0, set()
     for _ in range(30):
         actions = rng.integers(0, 3, size=n)
         out_native, out_sync = native.step(actions), sync.step(actions)
-        assert_same_infos(out_native, out_sync)
+        assert_same(out_native, out_sync, ordered=False)
         ends += int(out_native[2].sum())
         info = out_native[4].get("final_info", out_native[4])
         if "exit_block" in info:

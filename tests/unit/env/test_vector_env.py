@@ -8,36 +8,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from compare import assert_same
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import vitskip_env  # noqa: F401  (registers the ids)
 from vitskip_env import ViTSkipVectorEnv
 
 ID = "ViTSkip-Shapes-v0"
-
-
-def assert_same(a: Any, b: Any, path: str = "") -> None:
-    """Equal structure, dtypes and values; floats up to the rounding of batched vs batch-1 matmuls."""
-    if isinstance(a, tuple):
-        assert isinstance(b, tuple) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
-        for key in a:
-            assert_same(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, np.ndarray) and a.dtype == object:
-        assert isinstance(b, np.ndarray) and b.dtype == object and a.shape == b.shape, path
-        for x, y in zip(a, b, strict=True):
-            assert_same(x, y, path + "[]")
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, f"{path}: {a.dtype} {b.dtype}"
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=path)
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=path)
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 @pytest.mark.parametrize(
