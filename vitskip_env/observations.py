@@ -63,6 +63,27 @@ def exit_features(logits: torch.Tensor, run: torch.Tensor, n_points: int) -> tor
     return torch.stack(cols, 1).clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
 
 
+def exit_features_host(logits: np.ndarray, run: np.ndarray, n_points: int) -> np.ndarray:
+    """:func:`exit_features` in NumPy (float32, for a few CPU images); equal to it up to float rounding.
+
+    Callers that need the exact torch values (``SkipExitViT`` where a decision is within rounding
+    of a tie) recompute them with :func:`exit_features`.
+    """
+    x = logits.astype(np.float32, copy=False)
+    shifted = x - x.max(1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(1, keepdims=True))
+    logp = shifted - log_z
+    probs = np.exp(logp)
+    if probs.shape[1] > 1:
+        top2 = -np.partition(-probs, 1, axis=1)[:, :2]
+        first, margin = top2[:, 0], top2[:, 0] - top2[:, 1]
+    else:
+        first = margin = probs[:, 0]
+    ent = -(probs * logp).sum(1) / np.float32(math.log(max(x.shape[1], 2)))
+    cols = np.stack([np.ones_like(margin), first, ent, margin, run.astype(np.float32) / n_points], 1)
+    return (np.clip(cols, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+
+
 #: The ``exit`` entry of a row that has no exit head to leave through (before the first exit point).
 NO_EXIT = -1.0
 

@@ -31,7 +31,7 @@ from ..model import SkippableViT
 from ..model.exit_file import exit_file_config, load_exit_model, write_exit_file
 from ..model.exits import ExitHeads
 from ..model.fileformat import VitskipFileError, require, where_of
-from ..observations import EXIT_FEATURES, NO_EXIT, executed_fraction, exit_features
+from ..observations import EXIT_FEATURES, NO_EXIT, executed_fraction, exit_features, exit_features_host
 from .folded import FoldedDecision
 from .policy import SkipPolicy, deterministic_action
 
@@ -102,7 +102,8 @@ class SkipExitViT(nn.Module):
             folded = self.folded = FoldedDecision.build(self.policy)
         small = tokens.device.type == "cpu" and tokens.shape[0] <= HOST_BATCH
         if small and folded is not None and folded.has_host_path:
-            out, mask, blocks = self._run_host(folded, tokens)
+            run_host = self._run_one if tokens.shape[0] == 1 else self._run_host
+            out, mask, blocks = run_host(folded, tokens)
         else:
             out, mask, blocks = self._run_torch(tokens)
         extra = ([mask] if return_mask else []) + ([blocks] if return_exits else [])
@@ -147,9 +148,14 @@ class SkipExitViT(nn.Module):
         return out, mask_out, blocks_out
 
     def _run_host(self, folded: FoldedDecision, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A few CPU images: the folded decision and the bookkeeping in NumPy; torch only for blocks and heads."""
-        vit, rules = self.backbone, self.policy.rules
-        batch, depth = tokens.shape[0], vit.depth
+        """A few CPU images: the folded decision and the bookkeeping in NumPy; torch only for blocks and heads.
+
+        The exit entry is computed in NumPy (:func:`exit_features_host`, equal up to rounding); a row
+        whose decision is within rounding of a tie is decided by the exact path on the torch values.
+        A row's token features are kept while it skips.
+        """
+        vit, rules, heads = self.backbone, self.policy.rules, self.exits
+        batch, depth, n_points = tokens.shape[0], vit.depth, len(self.exits) + 1
         out = torch.empty(batch, vit.num_classes)
         mask_out = np.zeros((batch, depth), dtype=bool)
         blocks_out = np.full(batch, depth, dtype=np.int64)
@@ -157,19 +163,22 @@ class SkipExitViT(nn.Module):
         executed = np.zeros((batch, depth), dtype=bool)
         exit_obs = np.full((batch, len(EXIT_FEATURES)), NO_EXIT, dtype=np.float32)
         head_logits = torch.zeros(batch, vit.num_classes)
-        previous = torch.full((batch,), -1, dtype=torch.long)
-        run = torch.zeros(batch, dtype=torch.long)
+        previous = np.full(batch, -1, dtype=np.int64)
+        run = np.zeros(batch, dtype=np.int64)
         at_exit = False
+        features = folded.features_host(tokens)
         for i in range(depth):
             count = executed.sum(1)
-            margins = folded.margin_from_host(folded.features_host(tokens), i, count, exit_obs)  # execute, exit over skip
+            margins = folded.margin_from_host(features, i, count, exit_obs)  # execute, exit over skip
             best = margins.max(1)
             action = np.where(best > 0, 1 + margins.argmax(1), 0)
             unsure = np.flatnonzero((np.abs(best) <= folded.tol) | (np.abs(margins[:, 0] - margins[:, 1]) <= folded.tol))
-            if unsure.size:  # within rounding of a tie: the exact path decides
+            if unsure.size:  # within rounding of a tie: the exact path decides, on the torch exit entry
                 rows = torch.from_numpy(unsure)
-                exact = self._exact(i, tokens[rows], torch.from_numpy(executed[unsure]), torch.from_numpy(exit_obs[unsure]))
-                action[unsure] = exact.numpy()
+                obs = torch.from_numpy(exit_obs[unsure])
+                if at_exit:
+                    obs = exit_features(head_logits[rows], torch.from_numpy(run[unsure]), n_points)
+                action[unsure] = self._exact(i, tokens[rows], torch.from_numpy(executed[unsure]), obs).numpy()
             leave = (action == EXIT) & (count >= rules.min_blocks) if at_exit else np.zeros(len(alive), dtype=bool)
             if leave.any():
                 gone = alive[leave]
@@ -178,23 +187,68 @@ class SkipExitViT(nn.Module):
                 stay = np.flatnonzero(~leave)
                 if not stay.size:
                     return out, torch.from_numpy(mask_out), torch.from_numpy(blocks_out)
-                keep = torch.from_numpy(stay)
                 alive, executed, action, count = alive[stay], executed[stay], action[stay], count[stay]
-                tokens, previous, run = tokens[keep], previous[keep], run[keep]
+                previous, run, features = previous[stay], run[stay], features[stay]
+                tokens = tokens[torch.from_numpy(stay)]
             execute = rules.enforce_host(i, count, action != 0)
             executed[:, i] = execute
             rows = np.flatnonzero(execute)
             if rows.size:  # all rows (one image included) run the block as it is: no gather
                 tokens = vit.run_block(i, tokens, torch.from_numpy(rows), inplace=True)
+                if rows.size == len(alive):
+                    features = folded.features_host(tokens)
+                else:
+                    features[rows] = folded.features_host(tokens[torch.from_numpy(rows)])
             at_exit = self._has_exit(i)
             if at_exit:
-                head_logits, previous, run, obs = self._read_head(i, tokens, previous, run)
-                exit_obs = obs.numpy()
+                head_logits = heads.logits(heads.index_at(i), tokens, vit).float()
+                logits = head_logits.numpy()
+                pred = logits.argmax(1)
+                run = np.where(pred == previous, run + 1, 1)
+                previous = pred
+                exit_obs = exit_features_host(logits, run, n_points)
             else:
                 exit_obs = np.full((len(alive), len(EXIT_FEATURES)), NO_EXIT, dtype=np.float32)
         out[torch.from_numpy(alive)] = vit.head(tokens).float()
         mask_out[alive] = executed
         return out, torch.from_numpy(mask_out), torch.from_numpy(blocks_out)
+
+    def _run_one(self, folded: FoldedDecision, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One CPU image: :meth:`_run_host` with Python scalars for the bookkeeping (no array op per decision)."""
+        vit, rules, heads = self.backbone, self.policy.rules, self.exits
+        depth, n_points, tol = vit.depth, len(self.exits) + 1, folded.tol
+        executed = torch.zeros(1, depth, dtype=torch.bool)
+        none = np.full((1, len(EXIT_FEATURES)), NO_EXIT, dtype=np.float32)
+        exit_obs, head_logits = none, None
+        count, previous, run, at_exit = 0, -1, 0, False
+        features = folded.features_host(tokens)
+        for i in range(depth):
+            m_exec, m_exit = (float(v) for v in folded.margin_from_host(features, i, count, exit_obs)[0])
+            best = max(m_exec, m_exit)
+            action = 0 if best <= 0 else (1 if m_exec >= m_exit else EXIT)
+            if abs(best) <= tol or abs(m_exec - m_exit) <= tol:  # within rounding of a tie: the exact path decides
+                obs = torch.from_numpy(exit_obs)
+                if at_exit:
+                    obs = exit_features(head_logits, torch.tensor([run]), n_points)
+                action = int(self._exact(i, tokens, executed, obs)[0])
+            if at_exit and action == EXIT and count >= rules.min_blocks:
+                return head_logits, executed, torch.tensor([i])
+            if action != 0 or i in rules.always_execute or count + depth - i - 1 < rules.min_blocks:
+                tokens = vit.run_block(i, tokens)
+                executed[0, i] = True
+                count += 1
+                features = folded.features_host(tokens)
+            at_exit = self._has_exit(i)
+            if at_exit:
+                head_logits = heads.logits(heads.index_at(i), tokens, vit).float()
+                logits = head_logits.numpy()
+                pred = int(logits.argmax())
+                run = run + 1 if pred == previous else 1
+                previous = pred
+                exit_obs = exit_features_host(logits, np.array([run]), n_points)
+            else:
+                exit_obs = none
+        return vit.head(tokens).float(), executed, torch.tensor([depth])
 
     def _has_exit(self, block: int) -> bool:
         """Whether an exit head reads the tokens after ``block`` (not after the last: the final classifier does)."""
