@@ -74,10 +74,21 @@ def rl_exit_row(run: Path, model: EarlyExitViT, test, device: torch.device, top1
                          "train it with --backbone <the exit file>")  # fmt: skip
     heads = "linear" if set(rl.exits.kinds) == {"linear"} else "lgvit"
     costs = ExitCosts.of(EarlyExitViT(rl.backbone, rl.exits))
-    row = {"heads": heads, "rule": f"RL skip+exit (seed {rl.meta.get('seed', '?')})", "knob": "-"}
+    weight = _run_compute_weight(run)
+    row = {"heads": heads, "rule": f"RL skip+exit (cw {weight}, seed {rl.meta.get('seed', '?')})", "knob": "-"}
     row |= skip_exit_row(rl, test, costs, top1_images)
     row["model"] = rl.eval()
     return row
+
+
+def _run_compute_weight(run: Path) -> str:
+    """The run's ``compute_weight`` from its args.yaml (``?`` when it cannot be read): it tells RL rows apart."""
+    import yaml
+
+    try:
+        return f"{yaml.safe_load((run / 'args.yaml').read_text(encoding='utf-8'))['compute_weight']:g}"
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return "?"
 
 
 def main_exits(args, device: torch.device, dtype: torch.dtype) -> Path:
@@ -112,6 +123,8 @@ def main_exits(args, device: torch.device, dtype: torch.dtype) -> Path:
         print(f"  {r['heads']:6s} {r['rule']:24s} {r['knob']:8s} top-1 {r['top1']:6.2f}  blocks {r['mean_blocks']:.2f}  "
               f"proxy {r['lgvit_proxy']:.2f}x  flops {r['flops_ratio']:.2f}x")  # fmt: skip
     names = {f"{r['heads']}|{r['rule']}|{r['knob']}": r for r in rl_rows + rows}
+    if len(names) != len(rl_rows) + len(rows):
+        raise SystemExit("error: two contenders have the same name (the same run given twice?); give each run once")
     contenders = {name: r["model"] for name, r in names.items()}
     if skip is not None:
         contenders["skip"] = skip
