@@ -104,3 +104,24 @@ def test_exit_benchmark_times_every_rule(backbone_file: Path, tmp_path: Path) ->
     for rule in ("confidence>0.8", "entropy<0.6", "patience=3", "entropy<0.5x2"):
         assert table.count(f"`{rule}` | default") == 2  # LGViT heads and linear exits
     assert table.count("| matched |") == 8 and "static (every block)" in table
+
+
+def test_a_skip_exit_run_is_benchmarked_beside_the_rules(backbone_file: Path, tmp_path: Path) -> None:
+    """train/ppo.py --actions skip_exit on an exit file writes a SkipExitViT; --exit-runs scores and times it."""
+    model_file = train_exits.main(_args(backbone_file, tmp_path / "ee.safetensors", stage2_epochs=0))
+    train = [sys.executable, "train/ppo.py", "--actions", "skip_exit", "--backbone", str(model_file), "--num-envs", "16",
+             "--total-timesteps", "512", "--eval-freq", "512", "--eval-images", "32", "--final-eval-images", "64",
+             "--checkpoint-freq", "512", "--speed-batch-sizes", "1", "--threads", "1",
+             "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    proc = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "skip_exit_vit.safetensors").is_file() and "SkipExitViT" in (run / "summary.md").read_text()
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "train/benchmark.py", "--exits", str(model_file), "--exit-runs", str(run),
+           "--batch-sizes", "1", "--rounds", "1", "--images-per-round", "16", "--top1-images", "100", "--threads", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in (out / "exits.md").read_text().splitlines() if "RL skip+exit (cw 0.1, seed 1)" in line]
+    assert len(rows) == 1 and "nan" not in rows[0]  # scored and timed
