@@ -102,9 +102,9 @@ def main_exits(args, device: torch.device, dtype: torch.dtype) -> Path:
     if args.run:
         skip = DynamicViT.load(Path(args.run) / "dynamic_vit.safetensors", device=device)
         s = score(skip, test, n_images=args.top1_images)
+        proxy = skip.depth / s.executed_blocks if s.executed_blocks else float("inf")
         skip_row = {"heads": "-", "rule": "skip-only RL (--run)", "knob": "-", "top1": s.top1,
-                    "mean_blocks": s.executed_blocks, "lgvit_proxy": skip.depth / s.executed_blocks,
-                    "flops_ratio": float("nan")}  # fmt: skip
+                    "mean_blocks": s.executed_blocks, "lgvit_proxy": proxy, "flops_ratio": float("nan")}  # fmt: skip
     rl_rows = [rl_exit_row(Path(run), model, test, device, args.top1_images) for run in args.exit_runs]
     if args.match_top1 is not None:
         target = args.match_top1
