@@ -25,7 +25,7 @@ import torch
 
 from vitskip_env import make_dataset
 from vitskip_env.deploy import RULES, DynamicViT, EarlyExitViT, ExitRule, SkipExitViT, calibrate
-from vitskip_env.files import atomic_path, atomic_write_text
+from vitskip_env.files import atomic_path, atomic_write_text, cache_dir
 from vitskip_env.measure import score
 from vitskip_env.measure.exits import ExitCosts, all_exit_logits, measure_exit_speed, rule_row, skip_exit_row
 
@@ -149,6 +149,7 @@ def main_exits(args, device: torch.device, dtype: torch.dtype) -> Path:
     with atomic_path(out / "exits.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
     command = "python " + " ".join(["train/benchmark.py", *sys.argv[1:]])
+    command = command.replace(str(cache_dir()), "$VITSKIP_HOME")  # no machine path in a committed table
     atomic_write_text(out / "exits.md", markdown(frame, args, dataset, device, command, target, len(test)))
     print((out / "exits.md").read_text(encoding="utf-8"))
     return out
