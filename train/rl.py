@@ -249,7 +249,10 @@ def run(args: RLArgs) -> Path:
             meta = read_checkpoint_meta(ckpt_dir)  # refuses an old (pickled) checkpoint before anything is built
             check_algo(meta, args.algo)
             done = int(meta["num_timesteps"])
-            if args.total_timesteps < done:
+            budget_given = args.total_timesteps != _recorded_args(run_dir).total_timesteps
+            # the recorded budget may be below the steps done (an update always completes its rollout): then the
+            # training is over and the resume only redoes the end (export, evaluation, reports)
+            if budget_given and args.total_timesteps < done:
                 raise RunArgumentError(f"--total-timesteps {args.total_timesteps:,} is below the {done:,} steps the run "
                                        f"has done; give at least {done:,}")  # fmt: skip
         _write_args(run_dir, args)  # a new budget or machine settings are what the next resume starts from
