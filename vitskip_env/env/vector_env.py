@@ -298,4 +298,5 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
             raise RuntimeError("nothing to render before reset()")
         images = core.dataset.images[core.image_index].cpu().numpy()
         executed = core.executed.cpu().numpy()
-        return tuple(render_frame(images[j], executed[j], core.block) for j in range(self.num_envs))
+        blocks = core.blocks.tolist() if isinstance(core, ExitCore) else [core.block] * self.num_envs  # per row with exits
+        return tuple(render_frame(images[j], executed[j], blocks[j]) for j in range(self.num_envs))

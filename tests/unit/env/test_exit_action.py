@@ -93,6 +93,20 @@ def test_native_equals_sync_with_exits(exit_kwargs: dict, mode: AutoresetMode, o
     assert ends >= 10 and len(lengths) >= 2  # episodes of different lengths, ending at different steps
 
 
+def test_render_shows_each_row_at_its_own_block(exit_kwargs: dict) -> None:
+    venv = ViTSkipVectorEnv(2, render_mode="rgb_array", **exit_kwargs)
+    single = gym.make(ID, render_mode="rgb_array", **exit_kwargs)
+    venv.reset(seed=0)
+    single.reset(seed=1)  # row 1 of the vector env
+    for action in (1, 1):
+        venv.step(np.array([action, action]))
+        single.step(action)
+    venv.step(np.array([2, 1]))  # row 0 exits (restarts next step), row 1 goes on to block 3
+    single.step(1)
+    frames = venv.render()
+    np.testing.assert_array_equal(frames[1], single.render())  # the same strip: row 1 at block 3
+
+
 def test_rows_at_different_blocks_run_each_block_once_on_its_rows(exit_kwargs: dict) -> None:
     venv = ViTSkipVectorEnv(4, **exit_kwargs)
     venv.reset(seed=0)
