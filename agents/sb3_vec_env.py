@@ -9,8 +9,9 @@ and all ``N`` episodes stay one batch on the device.
 Per step it builds ``N`` small info dicts holding only what SB3 reads (``TimeLimit.truncated``)
 and, on the terminal step, ``terminal_observation`` and the episode summary (``label``,
 ``prediction``, ``correct``, ``confidence``, ``is_success``, ``executed_blocks``, ``compute_ratio``,
-``image_index`` and ``difficulty`` where known): the native env's dict-of-arrays is converted
-column-wise with ``tolist()``, never element by element through numpy scalars.
+``image_index``, ``difficulty`` where known and ``exit_block`` with exits): the native env's
+dict-of-arrays is converted column-wise with ``tolist()``, never element by element through numpy
+scalars. With ``actions="skip_exit"`` episodes end one by one and each restarts in the same step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ EPISODE_INFO_KEYS: tuple[str, ...] = (
     "compute_ratio",
     "image_index",
     "difficulty",
+    "exit_block",
 )
 #: Methods whose result holds one entry per sub-environment (split by ``env_method``).
 PER_ENV_METHODS: frozenset[str] = frozenset({"action_masks", "render"})

@@ -172,3 +172,18 @@ def test_from_vector_env_needs_same_step(micro_kwargs: dict) -> None:
     assert env.vector_env is venv and env.num_envs == 2 and env.reset().shape == (2, 37)
     with pytest.raises(RuntimeError, match="step_async"):
         env.step_wait()
+
+
+def test_skip_exit_episodes_end_one_by_one_with_their_exit_block(micro_kwargs: dict) -> None:
+    env = SB3VecEnv(N, **{**micro_kwargs, "actions": "skip_exit", "exits": "linear"})
+    assert env.action_space.n == 3 and get_action_masks(env).shape == (N, 3)
+    env.seed(0)
+    env.reset()
+    env.step_async(np.ones(N, dtype=np.int64))
+    env.step_wait()
+    env.step_async(np.ones(N, dtype=np.int64))
+    env.step_wait()
+    env.step_async(np.array([2, 2, 1, 0]))  # rows 0, 1 leave after the head that read block 1
+    _, _, dones, infos = env.step_wait()
+    assert dones.tolist() == [True, True, False, False]
+    assert [i.get("exit_block") for i in infos] == [2, 2, None, None] and "terminal_observation" in infos[0]
