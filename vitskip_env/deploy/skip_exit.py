@@ -32,14 +32,13 @@ from ..model.exit_file import exit_file_config, load_exit_model, write_exit_file
 from ..model.exits import ExitHeads
 from ..model.fileformat import VitskipFileError, require, where_of
 from ..observations import EXIT_FEATURES, NO_EXIT, executed_fraction, exit_features, exit_features_host
+from .dynamic import HOST_BATCH  # the same small-batch cut as DynamicViT
 from .folded import FoldedDecision
 from .policy import SkipPolicy, deterministic_action
 
 __all__ = ["SkipExitViT"]
 
 EXIT = 2
-#: Up to this many CPU images the decision runs folded in NumPy.
-HOST_BATCH = 16
 
 
 class SkipExitViT(nn.Module):
