@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pymoo.algorithms.moo.nsga2 import NSGA2
 from pymoo.core.callback import Callback
 from pymoo.core.problem import Problem
@@ -31,10 +30,10 @@ from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
 from vitskip_env.data import ImageDataset
-from vitskip_env.data.augment import augment_kwargs, random_crop_flip
 from vitskip_env.model import SkippableViT, class_token_ready, run_block_class_token
 from vitskip_env.model.costs import CostModel, block_costs
 
+from ..cotraining import PathRecipe, PathTrainer
 from .cache import PrefixCache, fingerprint
 from .front import FRONT_COLUMNS, mask_to_str, non_dominated, str_to_mask, write_front
 from .trie import State, block_runs, check_masks, walk_trie
@@ -374,21 +373,5 @@ def finetune(
     label smoothing, cosine decay from ``lr`` to 0 and gradient clipping at 1, like ``train/backbone.py``
     but without its warm-up, curriculum and block dropping (the subset is static).
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    device = next(model.parameters()).device
-    train = train.to(device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(train), (batch_size,), device=device, generator=g)
-        x = train.normalize(random_crop_flip(train.images[idx], generator=g, **augment_kwargs(train.name)))
-        loss = F.cross_entropy(model(x), train.labels[idx], label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    return model.eval()
+    recipe = PathRecipe(steps, batch_size, lr, weight_decay, label_smoothing)
+    return PathTrainer(model, train, recipe, seed=seed).run(steps)
