@@ -55,6 +55,10 @@ class RLArgs:
     exits: str | None = None
     """with --actions skip_exit: an exit file from train/exits.py (it carries its backbone) or 'linear' (the backbone's
     own classifier as exits); default: train/exits.py's file for the backbone, if trained"""
+    budget_range: tuple[float, float] | None = None
+    """LO HI: one budget-conditioned policy for every compute weight in [LO, HI] (drawn per episode, seen by the
+    policy); the DynamicViT gets a compute knob (set_budget / set_compute_weight), calibrated on the val split and
+    set to --compute-weight; e.g. --budget-range 0.02 1.0"""
     data_root: str | None = None
     """folder of real datasets (default $VITSKIP_DATA or the user cache)"""
     download: bool = False
@@ -99,6 +103,8 @@ def env_kwargs(args: RLArgs) -> dict[str, Any]:
         kw["exits"] = args.exits
     if args.data_root is not None:
         kw["data_root"] = args.data_root
+    if args.budget_range is not None:
+        kw["compute_weight_range"] = tuple(args.budget_range)
     import gymnasium as gym
 
     return {**gym.spec(args.env).kwargs, **kw}

@@ -44,8 +44,13 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     backbone = env.unwrapped.backbone
     heads = env.unwrapped.exit_heads  # actions="skip_exit"
     eval_kwargs = {**kwargs, "backbone": backbone}
+    ds = env.unwrapped.dataset
+    test = make_dataset(ds.name, "test", args.data_root, False, backbone_device(backbone))
+    budget_curve = None
     if heads is None:
         dyn = DynamicViT(backbone, export_policy(model, env)).eval()
+        if dyn.budget_range is not None:
+            budget_curve = calibrate_knob(dyn, ds.name, args, test)
         dyn.save(run_dir / "dynamic_vit.safetensors", env=args.env, algo=args.algo, seed=args.seed)
     else:
         dyn = SkipExitViT(backbone, heads, export_policy(model, env)).eval()
@@ -55,8 +60,6 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     episodes = result.pop("episodes")
     _write_eval_parquet(run_dir / "eval.parquet", episodes, env.unwrapped.dataset)
 
-    ds = env.unwrapped.dataset
-    test = make_dataset(ds.name, "test", args.data_root, False, backbone_device(backbone))
     static = score(backbone, test, n_images=args.final_eval_images)
     dynamic = score(dyn, test, n_images=args.final_eval_images)
     n = static.n_images
@@ -70,7 +73,8 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
         "top1_static": static.top1, "top1_dynamic": dynamic.top1,
         "executed_blocks": dynamic.executed_blocks, "executed_frac": dynamic.executed_frac,
         "agent_top1": result["top1"], "difficulty_corr": result.get("difficulty_corr"),
-        "exit_blocks": result.get("exit_blocks"),
+        "exit_blocks": result.get("exit_blocks"), "compute_weight": dyn.compute_weight if heads is None else None,
+        "budget_curve": budget_curve,
         "block_rates": result["block_rates"], "mean_return": result["mean_return"],
         "speed": {str(bs): v for bs, v in speed.items()},
         "threads": torch.get_num_threads(), "device": str(backbone_device(backbone)),
@@ -79,6 +83,24 @@ def finish(model: Any, env: Any, args: RLArgs, kwargs: dict[str, Any], run_dir: 
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(run_dir / "summary.md", _summary_md(summary))
     return summary
+
+
+def calibrate_knob(dyn: Any, dataset: str, args: RLArgs, test: Any) -> list[dict[str, float]]:
+    """A budget-conditioned model: calibrate its knob on the val split, score the test split at each calibrated
+    weight (the accuracy-vs-blocks curve of the one model), and set it to ``--compute-weight`` (clipped to the range)."""
+    from vitskip_env import make_dataset
+    from vitskip_env.measure import score
+
+    val = make_dataset(dataset, "val", args.data_root, False, backbone_device(dyn.backbone))
+    n = min(len(val), 5000)
+    calibration = dyn.calibrate_budget(val.normalize(val.images[:n]))
+    curve = []
+    for w in calibration["compute_weight"]:
+        s = score(dyn.set_compute_weight(w), test, n_images=args.final_eval_images)
+        curve.append({"compute_weight": w, "top1": s.top1, "executed_blocks": s.executed_blocks})
+    lo, hi = dyn.budget_range
+    dyn.set_compute_weight(min(hi, max(lo, args.compute_weight)))
+    return curve
 
 
 def backbone_device(backbone: torch.nn.Module) -> torch.device:
@@ -115,6 +137,10 @@ def _summary_md(s: dict) -> str:
         lines += ["", f"Rank correlation of difficulty and executed blocks: {s['difficulty_corr']:+.3f}."]
     if s.get("exit_blocks") is not None:
         lines += ["", f"Mean blocks passed before leaving (exit or final classifier): {s['exit_blocks']:.2f} of {s['depth']}."]
+    if s.get("budget_curve"):
+        lines += ["", f"One budget-conditioned model (saved at compute weight {s['compute_weight']:.3g}); its curve, "
+                  "test split:", "", "| compute weight | top-1 (%) | executed blocks |", "|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {p['compute_weight']:.3g} | {p['top1']:.2f} | {p['executed_blocks']:.2f} |" for p in s["budget_curve"]]
     rates = " ".join(f"{r:.2f}" for r in s["block_rates"])
     lines += ["", f"Execute rate per block: {rates}", ""]
     return "\n".join(lines)

@@ -22,6 +22,11 @@ mapped from ``[0, 1]`` to ``[-1, 1]`` (all ``-1`` where it passed none: :data:`N
 ``[-1, 1]`` range also tells the entry apart in a flat Box: token entries reach below ``-1``,
 block and executed fraction stay in ``[0, 1]``.
 
+A budget-conditioned env (``compute_weight_range=(lo, hi)``, ``budget_range`` of the encoder) adds
+``budget`` ``(1,)`` after ``executed_frac`` (before ``exit``): the episode's compute weight ``w`` as
+its position on a log scale, ``2 * log(w / lo) / log(hi / lo) - 1`` in ``[-1, 1]``
+(:func:`budget_feature`). Deployed, it is the model's compute knob (``DynamicViT.set_budget``).
+
 ``token`` is the class token, or the mean of the patch tokens for models without one
 (``global_pool="avg"`` ViTs). Token features are standardised per token with a parameter-free
 layer norm (zero mean, unit variance over ``D``; no learned scale, so it never changes when the
@@ -88,6 +93,20 @@ def exit_features_host(logits: np.ndarray, run: np.ndarray, n_points: int) -> np
 NO_EXIT = -1.0
 
 
+def budget_feature(weight: float | torch.Tensor, budget_range: tuple[float, float]) -> float | torch.Tensor:
+    """The ``budget`` entry of compute weight(s) ``weight``: log-scale position in ``budget_range``, in ``[-1, 1]``.
+
+    Raises:
+        ValueError: A Python float outside the range (tensors are clamped: the env draws inside it).
+    """
+    lo, hi = budget_range
+    if isinstance(weight, torch.Tensor):
+        return (2 * torch.log(weight / lo) / math.log(hi / lo) - 1).clamp(-1.0, 1.0).float()
+    if not lo <= weight <= hi:
+        raise ValueError(f"compute weight {weight!r} is outside the range the policy was trained on, [{lo}, {hi}]")
+    return min(1.0, max(-1.0, 2 * math.log(weight / lo) / math.log(hi / lo) - 1))
+
+
 def executed_fraction(executed: torch.Tensor) -> torch.Tensor:
     """``float32 (N,)``: blocks executed so far / depth, from the ``bool (N, depth)`` executed mask (``executed_frac``)."""
     return executed.sum(1, dtype=torch.float32) / executed.shape[1]
@@ -109,6 +128,7 @@ class ObservationEncoder:
         pool: ``"cls"`` (token 0) or ``"mean"`` (mean of the tokens after the ``num_prefix_tokens``).
         num_prefix_tokens: Class / register tokens in front of the patches (used by ``"mean"``).
         exit_features: Add the ``exit`` entry (:data:`EXIT_FEATURES`; envs with ``actions="skip_exit"``).
+        budget_range: ``(lo, hi)`` compute weights of a budget-conditioned env: adds the ``budget`` entry.
 
     Example:
         >>> enc = ObservationEncoder("flat", depth=4, num_tokens=17, embed_dim=32)
@@ -126,6 +146,7 @@ class ObservationEncoder:
         pool: Pool = "cls",
         num_prefix_tokens: int = 1,
         exit_features: bool = False,
+        budget_range: tuple[float, float] | None = None,
     ) -> None:
         if mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {list(OBS_MODES)}, got {mode!r}")
@@ -138,6 +159,12 @@ class ObservationEncoder:
         self.pool = pool
         self.num_prefix_tokens = num_prefix_tokens
         self.exit_features = bool(exit_features)
+        if budget_range is not None:
+            lo, hi = (float(v) for v in budget_range)
+            if not 0 < lo < hi or not math.isfinite(hi):
+                raise ValueError(f"budget_range must be two compute weights 0 < lo < hi, got {budget_range!r}")
+            budget_range = (lo, hi)
+        self.budget_range: tuple[float, float] | None = budget_range
         self.bound = float(np.float32(math.sqrt(embed_dim)))
         self._eye: torch.Tensor | None = None
 
@@ -151,6 +178,7 @@ class ObservationEncoder:
             "pool": self.pool,
             "num_prefix_tokens": self.num_prefix_tokens,
             **({"exit_features": True} if self.exit_features else {}),
+            **({"budget_range": list(self.budget_range)} if self.budget_range else {}),
         }
 
     @property
@@ -158,7 +186,8 @@ class ObservationEncoder:
         """Named pieces of one observation and their shapes, in packing order."""
         feat = {"tokens": (self.num_tokens, self.embed_dim)} if self.mode == "tokens" else {"token": (self.embed_dim,)}
         exits = {"exit": (len(EXIT_FEATURES),)} if self.exit_features else {}
-        return {**feat, "block": (self.depth,), "executed_frac": (1,), **exits}
+        budget = {"budget": (1,)} if self.budget_range else {}
+        return {**feat, "block": (self.depth,), "executed_frac": (1,), **budget, **exits}
 
     @property
     def obs_dim(self) -> int:
@@ -168,7 +197,7 @@ class ObservationEncoder:
     def space(self) -> spaces.Space:
         """The Gymnasium observation space of one environment."""
         bounds = {"token": (-self.bound, self.bound), "tokens": (-self.bound, self.bound)}
-        bounds |= {"block": (0.0, 1.0), "executed_frac": (0.0, 1.0), "exit": (-1.0, 1.0)}
+        bounds |= {"block": (0.0, 1.0), "executed_frac": (0.0, 1.0), "budget": (-1.0, 1.0), "exit": (-1.0, 1.0)}
         if self.mode == "flat":
             low = np.concatenate([np.full(math.prod(s), bounds[k][0], np.float32) for k, s in self.parts.items()])
             high = np.concatenate([np.full(math.prod(s), bounds[k][1], np.float32) for k, s in self.parts.items()])
@@ -185,16 +214,21 @@ class ObservationEncoder:
         block_idx: int | torch.Tensor,
         executed_frac: torch.Tensor,
         exits: torch.Tensor | None = None,
+        budget: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The observations of a batch as one float32 tensor ``(N, obs_dim)`` (every mode).
 
         ``block_idx`` is one block for the whole batch or ``int64 (N,)`` one per row; ``exits`` is the
-        ``float32 (N, 5)`` ``exit`` entry (required with ``exit_features``, refused without).
+        ``float32 (N, 5)`` ``exit`` entry (required with ``exit_features``, refused without); ``budget``
+        the ``(N,)`` ``budget`` entry (:func:`budget_feature`; required with ``budget_range``, refused without).
         """
         n = tokens.shape[0]
         if (exits is None) == self.exit_features:
             need = "needs the (N, 5) exit entry" if self.exit_features else "has no exit entry"
             raise ValueError(f"this encoder {need} (exit_features={self.exit_features})")
+        if (budget is None) == (self.budget_range is not None):
+            need = "needs the (N,) budget entry" if self.budget_range else "has no budget entry"
+            raise ValueError(f"this encoder {need} (budget_range={self.budget_range})")
         if self.mode == "tokens":
             feat = standardize(tokens, self.bound).reshape(n, -1)
         else:
@@ -208,12 +242,19 @@ class ObservationEncoder:
         else:
             onehot = self._eye[min(block_idx, self.depth)].expand(n, -1)
         parts = [feat, onehot, executed_frac.float().view(n, 1)]
+        if budget is not None:
+            parts.append(budget.float().reshape(-1, 1).expand(n, 1))
         if exits is not None:
             parts.append(exits.float())
         return torch.cat(parts, dim=1)
 
     def __call__(
-        self, tokens: torch.Tensor, block_idx: int, executed_frac: torch.Tensor, exits: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        block_idx: int,
+        executed_frac: torch.Tensor,
+        exits: torch.Tensor | None = None,
+        budget: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Encode a batch.
 
@@ -222,11 +263,12 @@ class ObservationEncoder:
             block_idx: Block about to be decided (``depth`` after the last block).
             executed_frac: ``(N,)`` blocks executed so far divided by ``depth``.
             exits: ``(N, 5)`` the ``exit`` entry (encoders with ``exit_features`` only).
+            budget: ``(N,)`` the ``budget`` entry (encoders with ``budget_range`` only).
 
         Returns:
             ``(N, obs_dim)`` in ``"flat"`` mode, else a dict of ``(N, *shape)`` tensors.
         """
-        packed = self.pack(tokens, block_idx, executed_frac, exits)
+        packed = self.pack(tokens, block_idx, executed_frac, exits, budget)
         if self.mode == "flat":
             return packed
         return self.split(packed)
@@ -252,7 +294,12 @@ class ObservationEncoder:
         return {key: out[key] for key in sorted(out)}  # the key order of spaces.Dict
 
 
-def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat", exit_features: bool = False) -> ObservationEncoder:
+def encoder_for(
+    backbone: torch.nn.Module,
+    mode: ObsMode = "flat",
+    exit_features: bool = False,
+    budget_range: tuple[float, float] | None = None,
+) -> ObservationEncoder:
     """The encoder matching a :class:`~vitskip_env.SkippableViT` (class token if it has one, else mean pooling)."""
     vit = backbone.vit
     has_cls = getattr(vit, "cls_token", None) is not None
@@ -264,4 +311,5 @@ def encoder_for(backbone: torch.nn.Module, mode: ObsMode = "flat", exit_features
         pool="cls" if has_cls else "mean",
         num_prefix_tokens=backbone.num_prefix_tokens,
         exit_features=exit_features,
+        budget_range=budget_range,
     )

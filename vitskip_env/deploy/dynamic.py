@@ -28,6 +28,7 @@ header: every size it states is checked against the stored tensors first (:mod:`
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,8 @@ from torch import nn
 from ..files import atomic_path, atomic_write_text
 from ..model import SkippableViT, backbone_from_config, run_executing_rows
 from ..model.fileformat import VitskipFileError, check_save_path, file_errors, read_vitskip_file, require, where_of
-from ..observations import encoder_for, executed_fraction
+from ..observations import budget_feature, encoder_for, executed_fraction
+from .budget import calibrate, weight_for_fraction
 from .folded import FoldedDecision
 from .policy import DECISIONS, Decision, SkipPolicy, deterministic_action
 
@@ -88,13 +90,72 @@ class DynamicViT(nn.Module):
         self.policy = policy.to(next(backbone.parameters()).device)
         self.meta: dict[str, Any] = {}
         self._compiled_decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._weight: float | None = None
+        self._budget: torch.Tensor | None
+        self.register_buffer("_budget", None, persistent=False)  # the policy's `budget` entry (moves with .to)
+        if policy.encoder.budget_range is not None:  # the geometric middle of the range until set
+            lo, hi = policy.encoder.budget_range
+            self.set_compute_weight(math.sqrt(lo * hi), refold=False)
         #: The folded decision (``None``: the policy's form is not supported; the exact path runs).
-        self.folded = FoldedDecision.build(self.policy)
+        self.folded = FoldedDecision.build(self.policy, self._budget_value())
 
     @property
     def depth(self) -> int:
         """Number of transformer blocks."""
         return self.backbone.depth
+
+    # ------------------------------------------------------------------ the compute knob (budget-conditioned policies)
+    @property
+    def budget_range(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` compute weights the policy was trained on; ``None`` for a policy without a compute knob."""
+        return self.policy.encoder.budget_range
+
+    @property
+    def compute_weight(self) -> float | None:
+        """The compute weight the policy currently decides with (budget-conditioned policies), else ``None``."""
+        return self._weight
+
+    def set_compute_weight(self, weight: float, *, refold: bool = True) -> DynamicViT:
+        """Decide as if each block cost ``weight`` (inside :attr:`budget_range`); returns self.
+
+        Raises:
+            ValueError: A policy without a compute knob, or ``weight`` outside the trained range.
+        """
+        if self.budget_range is None:
+            raise ValueError("this policy has no compute knob: train one with compute_weight_range=(lo, hi) "
+                             "(train/ppo.py --budget-range LO HI)")  # fmt: skip
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"compute weight must be a number in {list(self.budget_range)}, got {weight!r}")
+        feature = budget_feature(float(weight), self.budget_range)  # raises outside the range
+        self._weight = float(weight)
+        self._budget = torch.tensor([feature], dtype=torch.float32, device=next(self.backbone.parameters()).device)
+        if refold:
+            self.refold()
+        return self
+
+    def set_budget(self, fraction: float) -> DynamicViT:
+        """Run about ``fraction`` of the blocks (mean over images), through the stored calibration; returns self.
+
+        Raises:
+            ValueError: No compute knob, no calibration (``calibrate_budget`` first), or ``fraction``
+                outside the calibrated span (the message gives it).
+        """
+        calibration = self.meta.get("budget_calibration")
+        if self.budget_range is None:
+            raise ValueError("this policy has no compute knob: train one with compute_weight_range=(lo, hi) "
+                             "(train/ppo.py --budget-range LO HI)")  # fmt: skip
+        if calibration is None:
+            raise ValueError("set_budget needs a calibration: call dyn.calibrate_budget(val_images) once "
+                             "(train/ppo.py --budget-range does and saves it), or use set_compute_weight")  # fmt: skip
+        return self.set_compute_weight(weight_for_fraction(calibration, fraction))
+
+    def calibrate_budget(self, images: torch.Tensor, *, points: int = 13, batch_size: int = 512) -> dict[str, list[float]]:
+        """Measure the executed fraction per compute weight on normalised ``images`` and keep it (saved with the model)."""
+        self.meta["budget_calibration"] = calibrate(self, images, points=points, batch_size=batch_size)
+        return self.meta["budget_calibration"]
+
+    def _budget_value(self) -> float | None:
+        return None if self._budget is None else float(self._budget[0])
 
     def decide(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
         """``bool (N,)``: which rows execute ``block``, after the skip rules (``always_execute``, ``min_blocks``).
@@ -152,7 +213,7 @@ class DynamicViT(nn.Module):
         return execute
 
     def _exact(self, block: int, tokens: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
-        packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed))
+        packed = self.policy.encoder.pack(tokens, block, executed_fraction(executed), budget=self._budget)
         return self.policy.forward(packed)  # (not __call__: its bookkeeping costs ~10 us a block at batch 1)
 
     def _apply_rules(self, block: int, execute: torch.Tensor, executed: torch.Tensor) -> torch.Tensor:
@@ -170,7 +231,7 @@ class DynamicViT(nn.Module):
         :meth:`forward` does it by itself when the weights changed in place; call it before using
         :meth:`decide` directly after changing them.
         """
-        self.folded = FoldedDecision.build(self.policy)
+        self.folded = FoldedDecision.build(self.policy, self._budget_value())
         return self
 
     def forward(self, images: torch.Tensor, return_mask: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -306,6 +367,7 @@ class DynamicViT(nn.Module):
             "backbone": self.backbone.config(),
             "policy": self.policy.config(),
             **self.meta,
+            **({"compute_weight": self._weight} if self._weight is not None else {}),
         }
 
     def save(self, path: str | os.PathLike, **meta: Any) -> Path:
@@ -365,12 +427,16 @@ class DynamicViT(nn.Module):
             policy = SkipPolicy.from_config(policy_config, groups["policy."])
             dyn = cls(backbone, policy)
         dyn.meta = {k: v for k, v in config.items() if k not in ("format", "format_version", "backbone", "policy")}
+        weight = dyn.meta.pop("compute_weight", None)
+        if weight is not None and dyn.budget_range is not None:
+            with file_errors(where, "compute_weight"):
+                dyn.set_compute_weight(weight)
         return dyn.to(device).eval()
 
 
 def _check_encoder(backbone: SkippableViT, got: dict[str, Any]) -> None:
     """The policy's encoder config must be the one the backbone's env gives (checked before a policy is built)."""
-    expected = encoder_for(backbone, got.get("mode", "flat")).config()
+    expected = encoder_for(backbone, got.get("mode", "flat"), budget_range=got.get("budget_range")).config()
     if expected != got:
         diff = {k: (got.get(k), expected[k]) for k in expected if got.get(k) != expected[k]}
         raise ValueError(

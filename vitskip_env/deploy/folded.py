@@ -28,6 +28,10 @@ way: its exit entry enters the first ``Linear`` linearly too (``+ exit @ W_exit`
 ``Linear`` folds into two margins, of execute and of exit over skip: the action is skip where
 both are ``<= 0``, else the larger one's.
 
+A budget-conditioned policy's ``budget`` entry is constant for a given setting of the model's knob,
+so it folds into the per-block constant too (:meth:`FoldedDecision.build` with ``budget=``;
+``DynamicViT.set_budget`` re-folds).
+
 Supported policies: ``"flat"`` observations without VecNormalize statistics, a network that
 starts with a ``Linear`` on the packed observation (optionally behind a ``Columns`` that maps only
 the one-hot group) and ends with a ``Linear`` to 2 (3 with exits) outputs. :meth:`FoldedDecision.build` returns
@@ -175,18 +179,27 @@ class FoldedDecision(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def build(cls, policy: SkipPolicy) -> FoldedDecision | None:
-        """The folded decision of ``policy``, or ``None`` when its form is not supported (see the module doc)."""
+    def build(cls, policy: SkipPolicy, budget: float | None = None) -> FoldedDecision | None:
+        """The folded decision of ``policy``, or ``None`` when its form is not supported (see the module doc).
+
+        ``budget``: the ``budget`` entry of a budget-conditioned policy (constant per model setting, so it
+        is folded into the per-block constant like the block one-hot; required for such a policy).
+        """
         enc = policy.encoder
         layers = list(policy.net) if isinstance(policy.net, nn.Sequential) else [policy.net]
         if enc.mode != "flat" or policy.normalized or len(layers) < 2:
             return None
-        d, depth, n_exit = enc.embed_dim, enc.depth, enc.obs_dim - enc.embed_dim - enc.depth - 1
+        n_budget = 1 if enc.budget_range else 0
+        if n_budget and budget is None:
+            raise ValueError("a budget-conditioned policy folds with its budget entry: pass budget=")
+        d, depth = enc.embed_dim, enc.depth
+        n_rest = enc.obs_dim - d - depth - 1  # the budget entry, then the exit entry
+        n_exit = n_rest - n_budget
         onehots = torch.cat([torch.eye(depth), torch.zeros(1, depth)])  # row `depth`: no next block
         first = layers.pop(0)
         embed: nn.Module | None = None
         if isinstance(first, Columns):
-            if first.sizes != [d, depth, 1 + n_exit] or set(first.nets) - {"1"}:
+            if first.sizes != [d, depth, 1 + n_rest] or set(first.nets) - {"1"}:
                 return None
             embed = first.nets["1"] if "1" in first.nets else None  # noqa: SIM401 (ModuleDict has no .get)
             first = layers.pop(0) if layers else None
@@ -197,16 +210,18 @@ class FoldedDecision(nn.Module):
         w, b = first.weight.float(), (first.bias.float() if first.bias is not None else None)
         emb = embed(onehots.to(w)) if embed is not None else onehots.to(w)
         e = emb.shape[1]
-        if w.shape[1] != d + e + 1 + n_exit:
+        if w.shape[1] != d + e + 1 + n_rest:
             return None
         const = emb @ w[:, d : d + e].T + (b if b is not None else 0.0)
+        if n_budget:
+            const = const + float(budget) * w[:, d + e + 1]  # type: ignore[arg-type]
         wl = last.weight.float()
         bl = last.bias.float() if last.bias is not None else torch.zeros(n_actions, device=wl.device)
         if n_actions == 2:
             w_margin, b_margin = (wl[1] - wl[0]).contiguous(), (bl[1] - bl[0]).reshape(())
         else:  # execute and exit over skip: (H, 2)
             w_margin, b_margin = (wl[1:] - wl[0]).T.contiguous(), (bl[1:] - bl[0]).contiguous()
-        w_exit = w[:, d + e + 1 :].T.contiguous() if n_exit else None
+        w_exit = w[:, d + e + 1 + n_budget :].T.contiguous() if n_exit else None
         return cls(
             policy, const.contiguous(), w[:, :d].T.contiguous(), (w[:, d + e] / depth).contiguous(), layers, w_margin,
             b_margin, w_exit,

@@ -23,7 +23,7 @@ import torch
 
 from ..data import ImageDataset
 from ..model import SkippableViT, run_executing_rows
-from ..observations import ObservationEncoder, executed_fraction
+from ..observations import ObservationEncoder, budget_feature, executed_fraction
 from ..rules import RulesView, SkipContract, SkipRules
 from .rewards import RewardContext, RewardModel
 
@@ -75,6 +75,9 @@ class SkipCore(RulesView):
             impossible are overridden to execute).
         always_execute: Blocks that are never skipped (e.g. ``(0,)``).
         cotrainer: Supervised backbone updates from finished episodes (``None`` = frozen).
+        budget_range: ``(lo, hi)``: budget-conditioned episodes; each gets its own compute weight at
+            :meth:`start` (drawn by the env), seen in the observation's ``budget`` entry and used by the
+            reward in place of the scalar ``compute`` weight. The encoder must have the same range.
     """
 
     #: Per-row state tensors beside the tokens, labels and masks (what a checkpoint must also keep).
@@ -92,8 +95,11 @@ class SkipCore(RulesView):
         min_blocks: int = 0,
         always_execute: Iterable[int] = (),
         cotrainer: Cotrainer | None = None,
+        budget_range: tuple[float, float] | None = None,
     ) -> None:
         depth = backbone.depth
+        if encoder.budget_range != (tuple(budget_range) if budget_range else None):
+            raise ValueError(f"the encoder's budget_range {encoder.budget_range} differs from the core's {budget_range}")
         #: The skip rules every action passes through (validated here, before any work).
         self.rules = SkipRules(depth, min_blocks, always_execute)
         self.backbone = backbone
@@ -110,14 +116,22 @@ class SkipCore(RulesView):
         self.labels = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.executed = torch.zeros(num_envs, depth, dtype=torch.bool, device=self.device)
         self.tokens: torch.Tensor | None = None
+        self.budget_range = encoder.budget_range
+        #: ``float32 (N,)`` compute weight of each episode in flight (budget-conditioned cores only).
+        self.compute_weights: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ episodes
     @torch.inference_mode()
-    def start(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Begin N new episodes on the given images; returns the packed observations of block 0."""
+    def start(self, indices: np.ndarray | torch.Tensor, compute_weights: np.ndarray | None = None) -> torch.Tensor:
+        """Begin N new episodes on the given images; returns the packed observations of block 0.
+
+        ``compute_weights``: ``(N,)`` each episode's compute weight, inside ``budget_range`` (required by
+        budget-conditioned cores, refused by the others).
+        """
         idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
         if idx.shape != (self.num_envs,):
             raise ValueError(f"need {self.num_envs} image indices, got shape {tuple(idx.shape)}")
+        self.set_compute_weights(compute_weights)
         self.image_index = idx
         self.labels = self.dataset.labels[idx]
         self.tokens = self.backbone.embed(self.dataset.normalize(self.dataset.images[idx]))
@@ -125,11 +139,28 @@ class SkipCore(RulesView):
         self.block = 0
         return self.observe()
 
+    def set_compute_weights(self, weights: np.ndarray | None) -> None:
+        """Set the ``(N,)`` compute weights of the episodes in flight (budget-conditioned cores; ``None`` otherwise)."""
+        if (weights is None) != (self.budget_range is None):
+            need = f"needs (N,) compute weights in {self.budget_range}" if self.budget_range else "takes no compute weights"
+            raise ValueError(f"this core {need}")
+        if weights is not None:
+            w = torch.as_tensor(np.asarray(weights, dtype=np.float32)).to(self.device)
+            if w.shape != (self.num_envs,):
+                raise ValueError(f"need {self.num_envs} compute weights, got shape {tuple(w.shape)}")
+            self.compute_weights = w
+
+    def budget(self) -> torch.Tensor | None:
+        """``float32 (N,)`` the observation's ``budget`` entry (``None`` for cores that are not budget-conditioned)."""
+        if self.budget_range is None or self.compute_weights is None:
+            return None
+        return budget_feature(self.compute_weights, self.budget_range)  # type: ignore[return-value]
+
     def observe(self) -> torch.Tensor:
         """Packed observations ``(N, obs_dim)`` of the current block."""
         if self.tokens is None:
             raise RuntimeError("no episodes in flight: call start() first")
-        return self.encoder.pack(self.tokens, self.block, executed_fraction(self.executed))
+        return self.encoder.pack(self.tokens, self.block, executed_fraction(self.executed), budget=self.budget())
 
     @property
     def done(self) -> bool:
@@ -175,9 +206,12 @@ class SkipCore(RulesView):
         terminal = self.block == self.depth
         logits = self.backbone.head(self.tokens) if terminal else None
         ctx = RewardContext(i, self.depth, actions, self.costs, self.executed, terminal, logits, self.labels)
-        reward, components = self.rewards(ctx)
+        reward, components = self.rewards(ctx, self._row_weights())
         final = self._final(logits) if logits is not None else None
         return CoreStep(self.observe(), reward, components, overridden, terminal, final)
+
+    def _row_weights(self) -> dict[str, torch.Tensor] | None:
+        return None if self.compute_weights is None else {"compute": self.compute_weights}
 
     def _final(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         prediction = logits.argmax(1)  # argmax of the logits, exactly as DynamicViT and the backbone predict
@@ -192,6 +226,8 @@ class SkipCore(RulesView):
             "compute_ratio": self.executed.float() @ self.costs,
             "image_index": self.image_index,
         }
+        if self.compute_weights is not None:
+            final["compute_weight"] = self.compute_weights.clone()
         if self.dataset.difficulty is not None:
             final["difficulty"] = self.dataset.difficulty[self.image_index]
         return final

@@ -29,7 +29,7 @@ from .core import SkipCore
 ACTION_HELP = "actions are 0 (skip the block) or 1 (execute it), as integers"
 EXIT_ACTION_HELP = "actions are 0 (skip the block), 1 (execute it) or 2 (exit with the current exit head), as integers"
 FINAL_INT = ("label", "prediction", "executed_blocks", "image_index", "exit_block")
-FINAL_FLOAT = ("compute_ratio", "difficulty", "confidence")
+FINAL_FLOAT = ("compute_ratio", "difficulty", "confidence", "compute_weight")
 
 
 def _help(n_actions: int) -> str:

@@ -96,6 +96,7 @@ class EnvOptions:
     render_mode: str | None = None
     actions: Literal["skip", "skip_exit"] = "skip"
     exits: str | os.PathLike | ExitHeads | None = None
+    compute_weight_range: tuple[float, float] | None = None
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], owner: str) -> EnvOptions:
@@ -134,8 +135,24 @@ class EnvOptions:
                     "reward_fn is not supported with actions='skip_exit' (episodes end at different blocks); "
                     "use accuracy_weight, confidence_weight and compute_weight"
                 )
+        if self.compute_weight_range is not None:
+            self.compute_weight_range = check_budget_range(self.compute_weight_range)
+            if self.actions == "skip_exit" or self.reward_fn is not None:
+                raise ValueError("compute_weight_range (budget-conditioned episodes) works with actions='skip' and the "
+                                 "built-in reward only; drop actions='skip_exit' / reward_fn, or the range")  # fmt: skip
         if self.cotrain is not None and self.backbone_mode != "cotrain":
             raise ValueError("cotrain settings were given but backbone_mode is 'frozen'; pass backbone_mode='cotrain'")
+
+
+def check_budget_range(value: Any) -> tuple[float, float]:
+    """``compute_weight_range`` as ``(lo, hi)`` with ``0 < lo < hi`` finite (``ValueError`` saying what is allowed)."""
+    try:
+        lo, hi = (check_weight(v, "compute_weight_range") for v in value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"compute_weight_range must be two compute weights (lo, hi), e.g. (0.02, 1.0); {err}") from None
+    if not 0 < lo < hi:
+        raise ValueError(f"compute_weight_range must satisfy 0 < lo < hi (log-uniform draws), got ({lo}, {hi})")
+    return (lo, hi)
 
 
 def option_names() -> list[str]:
@@ -321,7 +338,7 @@ def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
             always_execute=tuple(opts.always_execute),
         )
     vit = resolve_backbone(opts.backbone, opts.backbone_weights, ds, device)
-    encoder = encoder_for(vit, opts.obs_mode)
+    encoder = encoder_for(vit, opts.obs_mode, budget_range=opts.compute_weight_range)
     check_memory(vit, encoder.obs_dim, num_envs, device)
     cotrainer = None
     if opts.backbone_mode == "cotrain":
@@ -336,4 +353,5 @@ def build_core(opts: EnvOptions, num_envs: int) -> SkipCore:
         min_blocks=opts.min_blocks,
         always_execute=tuple(opts.always_execute),
         cotrainer=cotrainer,
+        budget_range=opts.compute_weight_range,
     )

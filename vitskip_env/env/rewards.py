@@ -135,11 +135,18 @@ class RewardModel:
                 raise ValueError(f"reward component {name!r} must be a tensor of shape ({n},), got {got}")
         return comps
 
-    def __call__(self, ctx: RewardContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(reward (N,), {name: weighted component (N,)})``; the weighted components sum to the reward."""
+    def __call__(
+        self, ctx: RewardContext, row_weights: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(reward (N,), {name: weighted component (N,)})``; the weighted components sum to the reward.
+
+        ``row_weights``: ``{component: float32 (N,)}`` weights per episode that replace the scalar ones
+        (the per-episode compute weight of a budget-conditioned env).
+        """
         comps = self.components(ctx)
+        rows = row_weights or {}
         # + 0.0: no -0.0 from zero weights
-        weighted = {name: self.weights.get(name, 1.0) * value.float() + 0.0 for name, value in comps.items()}
+        weighted = {name: rows.get(name, self.weights.get(name, 1.0)) * value.float() + 0.0 for name, value in comps.items()}
         n = ctx.actions.shape[0]
         total = torch.stack(list(weighted.values())).sum(0) if weighted else torch.zeros(n, device=ctx.actions.device)
         return total, weighted

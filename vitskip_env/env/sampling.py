@@ -138,3 +138,27 @@ class ImageSampler:
                 for j in wrapped.tolist():
                     self._keys[j] = self.rngs[j].integers(0, 2**63, size=_ROUNDS, dtype=np.uint64)
         return out
+
+
+def draw_compute_weights(
+    budget_range: tuple[float, float] | None, rngs: list[np.random.Generator], pinned: float | None = None
+) -> np.ndarray | None:
+    """``float32 (len(rngs),)`` compute weights, log-uniform in ``budget_range``, one draw per stream, or ``pinned``.
+
+    ``None`` when the env is not budget-conditioned (a pinned weight is then an error). Each stream draws
+    from its own generator right after its image, so a vector env's row draws what a single env would.
+
+    Raises:
+        ValueError: ``pinned`` outside the range, or given to an env that is not budget-conditioned.
+    """
+    if budget_range is None:
+        if pinned is not None:
+            raise ValueError("reset option 'compute_weight' needs a budget-conditioned env (compute_weight_range=(lo, hi))")
+        return None
+    lo, hi = budget_range
+    if pinned is not None:
+        if isinstance(pinned, bool) or not isinstance(pinned, (int, float, np.floating, np.integer)) or not lo <= pinned <= hi:
+            raise ValueError(f"reset option 'compute_weight' must be a number in the env's compute_weight_range "
+                             f"[{lo}, {hi}], got {pinned!r}")  # fmt: skip
+        return np.full(len(rngs), pinned, dtype=np.float32)
+    return np.array([lo * (hi / lo) ** rng.random() for rng in rngs], dtype=np.float32)

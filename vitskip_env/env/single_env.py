@@ -23,7 +23,7 @@ from .infos import CoreAccess, check_action, check_reset_options, check_rewards,
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
 from .rewards import RewardFn
-from .sampling import ImageSampler, Sampling
+from .sampling import ImageSampler, Sampling, draw_compute_weights
 
 
 class ViTSkipEnv(CoreAccess, gym.Env):
@@ -152,6 +152,11 @@ class ViTSkipEnv(CoreAccess, gym.Env):
       holds its backbone: leave ``backbone`` unset, or pass the exit file as ``backbone``),
       ``"linear"``, an ``ExitHeads`` of the backbone, or ``None`` (the backbone's exit file from
       ``train/exits.py``, when there is one).
+    - ``compute_weight_range``: ``(lo, hi)`` makes the env budget-conditioned: each episode draws its
+      compute weight log-uniformly in the range (from ``np_random``; ``reset(options={"compute_weight":
+      w})`` pins it), the reward uses it in place of ``compute_weight``, the observation gains the
+      ``budget`` entry (its log-scale position, in ``[-1, 1]``) and ``info["compute_weight"]`` of the
+      last step reports it. One policy then serves every compute budget (``DynamicViT.set_budget``).
 
     Unknown or misspelt keyword arguments raise ``TypeError`` naming the closest valid one, in
     Python's own wording (``got an unexpected keyword argument 'frameskip'``), so that clients
@@ -198,6 +203,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
         render_mode: str | None = None,
         actions: Literal["skip", "skip_exit"] = "skip",
         exits: str | os.PathLike | ExitHeads | None = None,
+        compute_weight_range: tuple[float, float] | None = None,
         **unknown: Any,
     ) -> None:
         check_kwargs(unknown, type(self).__name__)
@@ -224,6 +230,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
             render_mode=render_mode,
             actions=actions,
             exits=exits,
+            compute_weight_range=compute_weight_range,
         )
         self.core: SkipCore = build_core(self.options, 1)
         self.render_mode = render_mode
@@ -237,7 +244,7 @@ class ViTSkipEnv(CoreAccess, gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Start an episode on the next image (see Starting State)."""
         seed = check_seed(seed)
-        options = check_reset_options(options, ("image_index",))
+        options = check_reset_options(options, ("image_index", "compute_weight"))
         super().reset(seed=seed)
         if seed is not None or not self.sampler.rngs or self.sampler.rngs[0] is not self.np_random:
             self.sampler.seed([self.np_random])
@@ -248,9 +255,10 @@ class ViTSkipEnv(CoreAccess, gym.Env):
             index = np.array([k], dtype=np.int64)
         else:
             index = self.sampler.next()
+        weight = options.pop("compute_weight", None)
         if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; supported: ['image_index']")
-        packed = self.core.start(index).cpu().numpy()
+            raise ValueError(f"unknown reset options {sorted(options)}; supported: ['image_index', 'compute_weight']")
+        packed = self.core.start(index, draw_compute_weights(self.core.budget_range, [self.np_random], weight)).cpu().numpy()
         self._ended = False
         return self._row(packed), {"image_index": int(index[0])}
 

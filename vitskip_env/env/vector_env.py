@@ -29,7 +29,7 @@ from .infos import (
 )
 from .options import EnvOptions, build_core, check_kwargs
 from .render import render_frame
-from .sampling import ImageSampler
+from .sampling import ImageSampler, draw_compute_weights
 
 
 def parse_autoreset_mode(value: AutoresetMode | str) -> AutoresetMode:
@@ -135,6 +135,8 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.sampler = ImageSampler(len(self.core.dataset), self.num_envs, self.options.sampling)
         self._autoreset = False
+        #: ``reset(options={"compute_weight": w})``: every episode's weight until the next reset without it.
+        self._pinned_weight: float | None = None
         #: Rows whose episode ended on the last step (``per_row``, ``NEXT_STEP``): this step restarts them.
         self._restart = np.zeros(self.num_envs, dtype=bool)
         #: Rows whose episode ended with autoreset ``DISABLED``: they wait for ``reset``.
@@ -147,7 +149,7 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
         """Start a new batch of episodes (every sub-environment; they are always aligned)."""
         n = self.num_envs
         seed = check_seed(seed, n)
-        options = check_reset_options(options, ("image_index", "reset_mask"))
+        options = check_reset_options(options, ("image_index", "reset_mask", "compute_weight"))
         if isinstance(seed, int):
             super().reset(seed=seed)
             seeds: list[int | None] | None = [seed + j for j in range(n)]
@@ -167,8 +169,14 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
                 "every sub-environment together; options['reset_mask'] must be all True or omitted"
             )
         index = options.pop("image_index", None)
+        if "compute_weight" in options:
+            self._pinned_weight = options.pop("compute_weight")
+            draw_compute_weights(self.core.budget_range, [], self._pinned_weight)  # checked before anything starts
+        else:
+            self._pinned_weight = None
         if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; supported: ['image_index', 'reset_mask']")
+            raise ValueError(f"unknown reset options {sorted(options)}; "
+                             "supported: ['image_index', 'reset_mask', 'compute_weight']")  # fmt: skip
         if index is not None:
             index = np.asarray(index)
             if index.shape != (n,) or index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= len(self.dataset):
@@ -197,7 +205,8 @@ class ViTSkipVectorEnv(CoreAccess, VectorEnv):
 
     def _start(self, index: np.ndarray | None = None) -> tuple[Any, dict[str, Any]]:
         index = self.sampler.next() if index is None else index.astype(np.int64)
-        packed = self.core.start(index).cpu().numpy()
+        weights = draw_compute_weights(self.core.budget_range, self.sampler.rngs, self._pinned_weight)
+        packed = self.core.start(index, weights).cpu().numpy()
         self._autoreset = self._truncated = False
         return self.core.encoder.unpack_numpy(packed), batched({"image_index": np.array(index, dtype=np.int64)}, self.num_envs)
 
