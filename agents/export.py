@@ -121,7 +121,7 @@ def _features(fe: nn.Module) -> nn.Module:
         rest = int(fe._observation_space.shape[0]) - d - depth
         return nn.Sequential(Columns([d, depth, rest], {"1": fe.head.block_embed}), fe.head.net)
     if isinstance(fe, DictSkipExtractor):
-        keys = ["token", "block", "executed_frac"] + (["exit"] if fe.exits else [])
+        keys = ["token", "block", "executed_frac", *fe.extra]
         return nn.Sequential(ConcatKeys(keys, {"block": fe.head.block_embed}), fe.head.net)
     return fe
 

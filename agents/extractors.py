@@ -37,10 +37,12 @@ DICT_KEYS = frozenset({"token", "block", "executed_frac"})
 TOKENS_KEYS = frozenset({"tokens", "block", "executed_frac"})
 #: The optional entry of envs with an exit action (``actions="skip_exit"``), ``[-1, 1]`` per feature.
 EXIT_KEY = "exit"
+#: The optional entries after ``executed_frac``, in the flat layout's order (budget-conditioned envs, exit action).
+OPTIONAL_KEYS: tuple[str, ...] = ("budget", EXIT_KEY)
 
 
 def flat_parts(space: spaces.Space) -> tuple[int, int, int]:
-    """``(D, L, E)`` of a flat Box ``[token (D) | block (L) | executed_frac (1) | exit (E)]`` (``E = 0`` without exits).
+    """``(D, L, E)`` of a flat Box ``[token (D) | block (L) | executed_frac (1) | budget, exit (E)]`` (``E = 0`` without them).
 
     Token entries reach below ``-1`` (bound ``-sqrt(D)``), exit entries are in ``[-1, 1]``, the
     block one-hot and the executed fraction in ``[0, 1]``.
@@ -145,8 +147,9 @@ class DictSkipExtractor(BaseFeaturesExtractor):
     ) -> None:
         super().__init__(observation_space, features_dim)
         _check_keys(observation_space, DICT_KEYS)
-        self.exits = EXIT_KEY in observation_space.spaces
-        rest = 1 + (observation_space[EXIT_KEY].shape[0] if self.exits else 0)
+        self.extra = [k for k in OPTIONAL_KEYS if k in observation_space.spaces]
+        self.exits = EXIT_KEY in self.extra
+        rest = 1 + sum(observation_space[k].shape[0] for k in self.extra)
         self.head = _SkipHead(
             observation_space["token"].shape[0],
             observation_space["block"].shape[0],
@@ -157,7 +160,7 @@ class DictSkipExtractor(BaseFeaturesExtractor):
         )
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(observations["token"], observations["block"], _rest(observations, self.exits))
+        return self.head(observations["token"], observations["block"], _rest(observations, self.extra))
 
 
 class TokenSkipExtractor(BaseFeaturesExtractor):
@@ -195,8 +198,9 @@ class TokenSkipExtractor(BaseFeaturesExtractor):
         self.query = nn.Parameter(torch.zeros(1, 1, attn_dim))
         self.query_block = nn.Linear(depth, attn_dim, bias=False)
         self.attn = nn.MultiheadAttention(attn_dim, num_heads, batch_first=True)
-        self.exits = EXIT_KEY in observation_space.spaces
-        rest = 1 + (observation_space[EXIT_KEY].shape[0] if self.exits else 0)
+        self.extra = [k for k in OPTIONAL_KEYS if k in observation_space.spaces]
+        self.exits = EXIT_KEY in self.extra
+        rest = 1 + sum(observation_space[k].shape[0] for k in self.extra)
         self.head = _SkipHead(attn_dim, depth, features_dim, hidden, block_embed_dim, rest)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -204,17 +208,17 @@ class TokenSkipExtractor(BaseFeaturesExtractor):
         tokens = self.proj(observations["tokens"])  # (N, T, A)
         query = self.query + self.query_block(block).unsqueeze(1)  # (N, 1, A)
         pooled, _ = self.attn(query, tokens, tokens, need_weights=False)
-        return self.head(pooled.squeeze(1), block, _rest(observations, self.exits))
+        return self.head(pooled.squeeze(1), block, _rest(observations, self.extra))
 
 
-def _rest(observations: dict[str, torch.Tensor], exits: bool) -> torch.Tensor:
-    """``executed_frac``, and the exit entry after it when the env has one (the flat layout's order)."""
+def _rest(observations: dict[str, torch.Tensor], extra: list[str]) -> torch.Tensor:
+    """``executed_frac``, then the budget and exit entries when the env has them (the flat layout's order)."""
     frac = observations["executed_frac"]
-    return torch.cat([frac, observations[EXIT_KEY]], dim=1) if exits else frac
+    return torch.cat([frac, *(observations[k] for k in extra)], dim=1) if extra else frac
 
 
 def _check_keys(space: spaces.Space, keys: frozenset[str]) -> None:
-    if not isinstance(space, spaces.Dict) or set(space.spaces) - {EXIT_KEY} != keys:
+    if not isinstance(space, spaces.Dict) or set(space.spaces) - set(OPTIONAL_KEYS) != keys:
         got = sorted(space.spaces) if isinstance(space, spaces.Dict) else type(space).__name__
         raise ValueError(f"expected a Dict observation space with keys {sorted(keys)}, got {got}")
 
@@ -226,7 +230,7 @@ def extractor_for(observation_space: spaces.Space) -> type[BaseFeaturesExtractor
         ValueError: The space is none of the ViTSkip observation spaces.
     """
     if isinstance(observation_space, spaces.Dict):
-        keys = set(observation_space.spaces) - {EXIT_KEY}
+        keys = set(observation_space.spaces) - set(OPTIONAL_KEYS)
         if keys == DICT_KEYS:
             return DictSkipExtractor
         if keys == TOKENS_KEYS:
