@@ -68,6 +68,10 @@ class JointArgs:
     """static subset sizes to fine-tune (default: floor and ceil of the co-trained depth, and one more)"""
     baselines: bool = True
     """train the equal-budget baselines (--no-baselines: co-training only)"""
+    budget_model: str | None = None
+    """a budget-conditioned dynamic_vit.safetensors (train/ppo.py --budget-range) to add to the comparison"""
+    budget_points: int = 5
+    """compute weights of --budget-model in the comparison (log-spaced over its range)"""
     num_envs: int = 256
     """images in flight in the native vector env"""
     val_images: int = 5000
@@ -93,7 +97,8 @@ class JointArgs:
 
 
 #: Flags that may differ from a run's args.yaml on ``--resume`` (they do not change what is learnt).
-RESUME_CHANGEABLE = ("threads", "device", "data_root", "download", "final_eval_images", "speed_batch_sizes", "speed_rounds")
+RESUME_CHANGEABLE = ("threads", "device", "data_root", "download", "final_eval_images", "speed_batch_sizes", "speed_rounds",
+                     "budget_model", "budget_points")  # fmt: skip
 
 
 def rl_args(args: JointArgs) -> Any:
@@ -116,7 +121,7 @@ def validate(args: JointArgs) -> None:
     validate_rl(rl_args(args))
     counts = {"first_rl_steps": args.first_rl_steps, "rounds": args.rounds, "rl_steps": args.rl_steps,
               "backbone_steps": args.backbone_steps, "batch_size": args.batch_size, "val_images": args.val_images,
-              "speed_rounds": args.speed_rounds}  # fmt: skip
+              "speed_rounds": args.speed_rounds, "budget_points": args.budget_points}  # fmt: skip
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise RunArgumentError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -124,6 +129,9 @@ def validate(args: JointArgs) -> None:
         raise RunArgumentError(f"--backbone-steps ({args.backbone_steps}) must be at least --rounds ({args.rounds})")
     if not 0.0 <= args.distill <= 1.0 or args.lr <= 0:
         raise RunArgumentError(f"--distill must be in [0, 1] and --lr positive, got {args.distill} and {args.lr}")
+    if args.budget_model is not None and not Path(args.budget_model).is_file():
+        raise RunArgumentError(f"--budget-model {args.budget_model}: no such file (a dynamic_vit.safetensors of "
+                               "train/ppo.py --budget-range)")  # fmt: skip
     if any(not isinstance(k, int) or k < 1 for k in args.subset_sizes):
         raise RunArgumentError(f"--subset-sizes must be positive block counts, got {list(args.subset_sizes)}")
 

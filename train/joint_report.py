@@ -69,6 +69,26 @@ def contenders(args: Any, run_dir: Path, teacher: Any, student: Any, state: Any)
     cotrained = DynamicViT.load(run_dir / "dynamic_vit.safetensors", device=device).eval()
     rows.append(dict(name="policy, co-trained", family="policy", model=cotrained, masks=None,
                      speed_key="policy, co-trained", rl_steps=rl_total, backbone_steps=steps))  # fmt: skip
+    return rows + budget_rows(args, device)
+
+
+def budget_rows(args: Any, device: Any) -> list[dict[str, Any]]:
+    """The budget-conditioned model of ``--budget-model`` at ``--budget-points`` compute weights (one model each)."""
+    if args.budget_model is None:
+        return []
+    from vitskip_env import DynamicViT
+    from vitskip_env.deploy.budget import log_spaced
+
+    probe = DynamicViT.load(args.budget_model, device=device)
+    if probe.budget_range is None:
+        raise ValueError(f"--budget-model {args.budget_model} has no compute knob (train it with --budget-range)")
+    summary = Path(args.budget_model).with_name("summary.json")  # its run directory's, when it has one
+    trained = int(json.loads(summary.read_text(encoding="utf-8")).get("total_timesteps", 0)) if summary.is_file() else 0
+    rows = []
+    for w in log_spaced(probe.budget_range, args.budget_points):
+        model = DynamicViT.load(args.budget_model, device=device).eval().set_compute_weight(w)
+        rows.append(dict(name=f"budget-conditioned, cw {w:.3g}", family="budget-conditioned (one model)", model=model,
+                         masks=None, speed_key=f"budget {w:.4g}", rl_steps=trained, backbone_steps=0))  # fmt: skip
     return rows
 
 

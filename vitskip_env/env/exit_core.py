@@ -100,8 +100,12 @@ class ExitCore(SkipCore):
 
     # ------------------------------------------------------------------ episodes
     @torch.inference_mode()
-    def start(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Begin N new episodes on the given images; returns the packed observations of block 0."""
+    def start(self, indices: np.ndarray | torch.Tensor, compute_weights: np.ndarray | None = None) -> torch.Tensor:
+        """Begin N new episodes on the given images; returns the packed observations of block 0.
+
+        ``compute_weights`` must be ``None``: exit episodes are not budget-conditioned (refused by the env options).
+        """
+        self.set_compute_weights(compute_weights)
         idx = torch.as_tensor(indices, dtype=torch.long).to(self.device)
         if idx.shape != (self.num_envs,):
             raise ValueError(f"need {self.num_envs} image indices, got shape {tuple(idx.shape)}")

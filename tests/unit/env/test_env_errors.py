@@ -50,7 +50,9 @@ def test_always_execute_accepts_iterables_of_integers(micro_kwargs: dict) -> Non
 @pytest.mark.parametrize("options", ["x", ["image_index"], 3])
 def test_reset_options_must_be_a_dict(micro_kwargs: dict, options: object) -> None:
     env = ViTSkipEnv(**micro_kwargs)
-    with pytest.raises(TypeError, match=r"reset\(options=\.\.\.\) must be a dict or None.*supported keys: \['image_index'\]"):
+    with pytest.raises(
+        TypeError, match=r"reset\(options=\.\.\.\) must be a dict or None.*supported keys: \['image_index', 'compute_weight'\]"
+    ):
         env.reset(options=options)
     venv = ViTSkipVectorEnv(2, **micro_kwargs)
     with pytest.raises(TypeError, match=r"reset\(options=\.\.\.\) must be a dict or None"):
