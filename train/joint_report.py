@@ -209,6 +209,16 @@ def markdown(result: dict[str, Any], args: Any) -> str:
         f"{args.distill}, the same teacher and seed); the co-trained policy also had {result['rl_steps']:,} PPO steps, "
         f"the frozen one {args.first_rl_steps:,}.",
         "",
+        f"Wall-clock ({result['threads']} threads): co-training {minutes(result, 'rl-', 'bb-'):.1f} min (PPO on the frozen "
+        f"backbone {minutes(result, 'rl-0'):.1f}, backbone steps {minutes(result, 'bb-'):.1f}, PPO after them "
+        f"{minutes(result, 'rl-') - minutes(result, 'rl-0'):.1f}); each baseline's fine-tune: "
+        + ", ".join(
+            f"{k.removeprefix('baseline-')} {v / 60:.1f}"
+            for k, v in result["phases_seconds"].items()
+            if k.startswith("baseline-")
+        )
+        + " min.",
+        "",
         head + " | RL steps | backbone steps |",
         "|---|---:|---:|" + "---:|---:|" * len(bss) + "---:|---:|",
     ]
@@ -227,6 +237,12 @@ def markdown(result: dict[str, Any], args: Any) -> str:
                 lines.append(f"  - batch {b}: {e['speedup']:.2f}x static; fine-tuned static front at its speed "
                              f"{e['static_ft_front_top1']:.2f} ({e['how']}): margin {e['margin']:+.2f} pt")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def minutes(result: dict[str, Any], *prefixes: str) -> float:
+    """Minutes spent in the phases whose names start with any of ``prefixes`` (``"rl-0"`` is exact)."""
+    secs = result["phases_seconds"]
+    return sum(v for k, v in secs.items() if any(k == p or (p.endswith("-") and k.startswith(p)) for p in prefixes)) / 60
 
 
 def plot(table: pd.DataFrame, out: Path, batch_sizes: Any) -> None:
