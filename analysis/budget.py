@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pandas as pd
 
 from vitskip_env.files import atomic_path, atomic_write_text
 
+from .cli import print_written
 from .readers import read_args, read_summary
 
 
@@ -147,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--separate", nargs="+", required=True, help="run directories, one compute weight each")
     parser.add_argument("--out", required=True, help="output folder")
     a = parser.parse_args(argv)
-    try:
-        path = write(a.conditioned, a.separate, a.out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path.read_text(encoding="utf-8"))
-    return 0
+    return print_written(write, a.conditioned, a.separate, a.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 import pandas as pd
 
 from vitskip_env.files import atomic_path, atomic_write_text
+
+from .cli import print_written
 
 POLICIES = ("policy, co-trained", "policy, frozen backbone")
 
@@ -115,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="train/joint.py run directories")
     parser.add_argument("--out", required=True, help="output folder")
     a = parser.parse_args(argv)
-    try:
-        path = write(a.runs, a.out)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path.read_text(encoding="utf-8"))
-    return 0
+    return print_written(write, a.runs, a.out)
 
 
 if __name__ == "__main__":

@@ -289,15 +289,9 @@ def resume_args(args: JointArgs) -> tuple[JointArgs, Path]:
 
 def main(args: JointArgs) -> Path:
     """:func:`run` for the command line: an unusable argument is one ``error:`` line and exit status 2."""
-    from rl import RunArgumentError
+    from rl import main as rl_main
 
-    from agents.checkpoint import CheckpointError
-
-    try:
-        return run(args)
-    except (RunArgumentError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return rl_main(args, run)
 
 
 if __name__ == "__main__":

@@ -322,12 +322,13 @@ def run(args: RLArgs) -> Path:
     return run_dir
 
 
-def main(args: RLArgs) -> Path:
-    """:func:`run` for the command line: an unusable argument or checkpoint is one ``error:`` line and exit status 2."""
+def main(args: Any, run_fn: Any = None) -> Path:
+    """``run_fn(args)`` (default :func:`run`) for the command line: an unusable argument or checkpoint is one
+    ``error:`` line and exit status 2."""
     from agents.checkpoint import CheckpointError
 
     try:
-        return run(args)
+        return (run_fn or run)(args)
     except (RunArgumentError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
