@@ -122,3 +122,17 @@ def test_budget_conditioned_ppo_run_has_a_calibrated_knob(tmp_path: Path, micro_
     span = dyn.meta["budget_calibration"]["executed_frac"]
     dyn.set_budget((min(span) + max(span)) / 2)
     assert 0.01 <= dyn.compute_weight <= 1.0
+
+
+def test_the_static_front_is_read_at_the_policys_speed() -> None:
+    sys.path.insert(0, str(ROOT / "train"))
+    from joint_report import front_at
+
+    pts = pd.DataFrame({"speed": [100.0, 200.0, 400.0], "top1": [90.0, 89.0, 85.0]})
+    assert front_at(pts, 300.0) == (pytest.approx(87.0), "interpolated")  # halfway between 89 and 85
+    assert front_at(pts, 50.0) == (90.0, "at least as fast")  # slower than all: the best static point is faster
+    top1, how = front_at(pts, 500.0)
+    assert top1 == 85.0 and how.startswith("faster than every static point")
+    # a slower static point that is less accurate than a faster one is not on the front
+    pts = pd.DataFrame({"speed": [100.0, 200.0], "top1": [80.0, 89.0]})
+    assert front_at(pts, 150.0)[0] == pytest.approx(89.0)
