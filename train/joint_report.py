@@ -203,6 +203,8 @@ def markdown(result: dict[str, Any], args: Any) -> str:
     lines = [
         f"# {result['env']} · train/joint.py · seed {result['seed']}",
         "",
+        f"`{command(args)}` ({result['threads']} threads)",
+        "",
         f"Test split, {result['test_images']:,} images; {result['threads']} threads on {result['device']}; speeds are "
         f"medians of {args.speed_rounds} interleaved rounds in one process. Every fine-tuned row had the same "
         f"{result['backbone_steps']} backbone steps (batch {args.batch_size}, lr {args.lr}, distillation weight "
@@ -237,6 +239,30 @@ def markdown(result: dict[str, Any], args: Any) -> str:
                 lines.append(f"  - batch {b}: {e['speedup']:.2f}x static; fine-tuned static front at its speed "
                              f"{e['static_ft_front_top1']:.2f} ({e['how']}): margin {e['margin']:+.2f} pt")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def command(args: Any) -> str:
+    """The command that reproduces the run (flags that differ from the defaults; no machine paths)."""
+    import dataclasses
+
+    skip = {"runs_dir", "resume", "threads", "device", "data_root", "download"}
+    parts = ["python train/joint.py"]
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if (
+            f.name in skip
+            or value == f.default
+            or (f.default_factory is not dataclasses.MISSING and value == f.default_factory())
+        ):
+            continue
+        if f.name == "budget_model":
+            value = f"<runs>/{Path(value).parent.name}/{Path(value).name}"
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            parts.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, (tuple, list)) else value}")
+    return " ".join(parts)
 
 
 def minutes(result: dict[str, Any], *prefixes: str) -> float:
