@@ -3,7 +3,8 @@
 Reads each run's ``joint.json`` (written by ``train/joint.py``) and writes ``DIR/cotrain.md`` and
 ``DIR/cotrain.csv``: per seed, then mean and spread (half the range), of what the co-training issue
 asks for: the co-trained policy's top-1 and executed blocks, the equally fine-tuned static backbone's
-top-1 and the difference, and at each timed batch size the speed-up over the static backbone and the
+top-1 and the difference, the margin over the fine-tuned static front at equal executed blocks (the
+FLOPs view, beside the measured one), and at each timed batch size the speed-up over the static backbone and the
 margin over the equally fine-tuned static front at the policy's measured images/s; the frozen-backbone
 policy beside it. Every run's own ``comparison.md`` holds its full table.
 
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vitskip_env.files import atomic_path, atomic_write_text
@@ -51,6 +53,8 @@ def rows(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
             row = {"env": j["env"], "seed": j["seed"], "policy": policy, "top1": t["top1"],
                    "executed_blocks": t["executed_blocks"], "executed_frac": t["executed_frac"], "static_top1": static,
                    "full_finetuned_top1": full, "minus_full_finetuned": t.get("minus_full_finetuned")}  # fmt: skip
+            row["equal_blocks_front_top1"] = blocks_front(j["rows"], t["executed_blocks"])
+            row["equal_blocks_margin"] = t["top1"] - row["equal_blocks_front_top1"]
             for key, value in t.items():
                 if key.startswith("b") and isinstance(value, dict):
                     row[f"{key}_speedup"] = value["speedup"]
@@ -58,6 +62,14 @@ def rows(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
                     row[f"{key}_margin"] = value["margin"]
             out.append(row)
     return pd.DataFrame(out)
+
+
+def blocks_front(table: list[dict[str, Any]], blocks: float) -> float:
+    """Top-1 of the fine-tuned static front at ``blocks`` executed blocks (the FLOPs view: linear between its points)."""
+    pts = sorted((r["executed_blocks"], r["top1"]) for r in table if r["family"] == "static, fine-tuned")
+    xs = np.array([p[0] for p in pts])
+    best = np.maximum.accumulate(np.array([p[1] for p in pts]))  # the best top-1 with at most that many blocks
+    return float(np.interp(blocks, xs, best))
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -73,15 +85,17 @@ def markdown(frame: pd.DataFrame, agg: pd.DataFrame, cmd: str) -> str:
     """The per-seed and mean +- spread tables."""
     batches = sorted({c.split("_")[0] for c in frame.columns if c.startswith("b") and c.endswith("_margin")},
                      key=lambda b: int(b[1:]))  # fmt: skip
-    head = "| task | policy | seed | top-1 | blocks | fine-tuned static top-1 | vs it (pt) | " + " | ".join(
-        f"x static {b} | margin over fine-tuned static front {b} (pt)" for b in batches
+    head = (
+        "| task | policy | seed | top-1 | blocks | fine-tuned static top-1 | vs it (pt) | margin at equal blocks (pt) | "
+        + " | ".join(f"x static {b} | margin over fine-tuned static front {b} (pt)" for b in batches)
     )
-    sep = "|---|---|---:|---:|---:|---:|---:|" + "---:|---:|" * len(batches)
+    sep = "|---|---|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(batches)
     lines = [f"`{cmd}`", "", head + " |", sep]
     for _, r in frame.iterrows():
         cells = " | ".join(f"{r[f'{b}_speedup']:.2f} | {r[f'{b}_margin']:+.2f}" for b in batches)
         lines.append(f"| {r['env']} | {r['policy']} | {r['seed']} | {r['top1']:.2f} | {r['executed_blocks']:.2f} | "
-                     f"{r['full_finetuned_top1']:.2f} | {r['minus_full_finetuned']:+.2f} | {cells} |")  # fmt: skip
+                     f"{r['full_finetuned_top1']:.2f} | {r['minus_full_finetuned']:+.2f} | {r['equal_blocks_margin']:+.2f} | "
+                     f"{cells} |")  # fmt: skip
     lines += ["", "Mean +- spread (half the range) over seeds:", "", head.replace("| seed ", "| seeds ") + " |", sep]
     for _, r in agg.iterrows():
 
@@ -90,7 +104,8 @@ def markdown(frame: pd.DataFrame, agg: pd.DataFrame, cmd: str) -> str:
 
         cells = " | ".join(f"{ms(f'{b}_speedup')} | {ms(f'{b}_margin', '+.2f')}" for b in batches)
         lines.append(f"| {r['env']} | {r['policy']} | {r['seeds']} | {ms('top1')} | {ms('executed_blocks')} | "
-                     f"{ms('full_finetuned_top1')} | {ms('minus_full_finetuned', '+.2f')} | {cells} |")  # fmt: skip
+                     f"{ms('full_finetuned_top1')} | {ms('minus_full_finetuned', '+.2f')} | "
+                     f"{ms('equal_blocks_margin', '+.2f')} | {cells} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
