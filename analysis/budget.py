@@ -128,10 +128,11 @@ def write(conditioned: Sequence[str | os.PathLike], separate: Sequence[str | os.
     for _, r in table.iterrows():
         lines.append(f"| {r['compute_weight']:g} | {r['executed_frac']:.3f} | {r['separate_top1']:.2f} | "
                      f"{r['conditioned_top1']:.2f} | {r['gap_mean']:+.2f} | {r['gap_min']:+.2f} | {r['gap_max']:+.2f} | "
-                     f"{r['pairs']} |")  # fmt: skip
+                     f"{int(r['pairs'])} |")  # fmt: skip
     outside = pairs[pairs["gap"].isna()]
     if len(outside):
-        names = [f"cw {w:g} s{s}" for w, s in zip(outside["compute_weight"], outside["separate_seed"], strict=True)]
+        cols = zip(outside["compute_weight"], outside["separate_seed"], outside["conditioned_seed"], strict=True)
+        names = [f"cw {w:g} s{s} (vs conditioned s{c})" for w, s, c in cols]
         lines += ["", f"{len(outside)} pair(s) outside the conditioned curve's span of blocks (not extrapolated): "
                   + ", ".join(names)]  # fmt: skip
     lines += ["", "![budget](budget.png)", ""]
