@@ -92,7 +92,7 @@ def calibrate_knob(dyn: Any, dataset: str, args: RLArgs, test: Any) -> list[dict
     from vitskip_env.measure import score
 
     val = make_dataset(dataset, "val", args.data_root, False, backbone_device(dyn.backbone))
-    n = min(len(val), 5000)
+    n = min(len(val), args.final_eval_images or 5000)  # the val images the knob is calibrated on
     calibration = dyn.calibrate_budget(val.normalize(val.images[:n]))
     curve = []
     for w in calibration["compute_weight"]:
