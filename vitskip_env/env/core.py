@@ -119,6 +119,7 @@ class SkipCore(RulesView):
         self.budget_range = encoder.budget_range
         #: ``float32 (N,)`` compute weight of each episode in flight (budget-conditioned cores only).
         self.compute_weights: torch.Tensor | None = None
+        self._budget: torch.Tensor | None = None  # their observation entry, computed once per episode start
 
     # ------------------------------------------------------------------ episodes
     @torch.inference_mode()
@@ -149,12 +150,11 @@ class SkipCore(RulesView):
             if w.shape != (self.num_envs,):
                 raise ValueError(f"need {self.num_envs} compute weights, got shape {tuple(w.shape)}")
             self.compute_weights = w
+            self._budget = budget_feature(w, self.budget_range)  # type: ignore[assignment, arg-type]
 
     def budget(self) -> torch.Tensor | None:
         """``float32 (N,)`` the observation's ``budget`` entry (``None`` for cores that are not budget-conditioned)."""
-        if self.budget_range is None or self.compute_weights is None:
-            return None
-        return budget_feature(self.compute_weights, self.budget_range)  # type: ignore[return-value]
+        return self._budget
 
     def observe(self) -> torch.Tensor:
         """Packed observations ``(N, obs_dim)`` of the current block."""
