@@ -4,11 +4,11 @@ Importing the package registers the Gymnasium ids (idempotently; Gymnasium 1.x i
 plugins, so registration happens on import) and nothing more: it imports neither torch nor timm.
 The public names below load on first use (PEP 562), from the wing that owns them:
 
-- ``vitskip_env.model``: ``SkippableViT``, ``load_backbone``, presets, file formats (timm lives here);
+- ``vitskip_env.model``: ``SkippableViT``, ``TokenMergingViT`` (ToMe), ``load_backbone``, presets, file formats;
 - ``vitskip_env.data``: ``make_dataset``, ``ImageDataset``, the built-in ``shapes`` and ``relations``, real datasets;
 - ``vitskip_env.observations`` / ``vitskip_env.rules``: the contract the env and deployment share;
 - ``vitskip_env.env``: ``SkipCore``, ``ViTSkipEnv``, ``ViTSkipVectorEnv``, options, rewards;
-- ``vitskip_env.deploy``: ``SkipPolicy``, ``DynamicViT``;
+- ``vitskip_env.deploy``: ``SkipPolicy``, ``DynamicViT``, ``SkipMergeViT`` (skipping + token merging);
 - ``vitskip_env.measure``: accuracy, speed, memory and env throughput measurements.
 """
 
@@ -22,9 +22,9 @@ import gymnasium as gym
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from .data import ImageDataset, available_datasets, make_dataset
-    from .deploy import DynamicViT, EarlyExitViT, ExitRule, SkipExitViT, SkipPolicy
+    from .deploy import DynamicViT, EarlyExitViT, ExitRule, SkipExitViT, SkipMergeViT, SkipPolicy
     from .env import CotrainConfig, RewardContext, SkipCore, ViTSkipEnv, ViTSkipVectorEnv
-    from .model import PRESETS, SkippableViT, load_backbone, rows_per_block
+    from .model import PRESETS, SkippableViT, TokenMergingViT, load_backbone, rows_per_block
     from .observations import ObservationEncoder
     from .rules import SkipRules
 
@@ -65,6 +65,8 @@ _LAZY: dict[str, str] = {
     "DynamicViT": "vitskip_env.deploy",
     "EarlyExitViT": "vitskip_env.deploy",
     "SkipExitViT": "vitskip_env.deploy",
+    "SkipMergeViT": "vitskip_env.deploy",
+    "TokenMergingViT": "vitskip_env.model",
     "ExitRule": "vitskip_env.deploy",
     "ExitHeads": "vitskip_env.model",
     "SkipRules": "vitskip_env.rules",
@@ -111,9 +113,11 @@ __all__ = [
     "RewardContext",
     "SkipCore",
     "SkipExitViT",
+    "SkipMergeViT",
     "SkipPolicy",
     "SkipRules",
     "SkippableViT",
+    "TokenMergingViT",
     "ViTSkipEnv",
     "ViTSkipVectorEnv",
     "available_datasets",

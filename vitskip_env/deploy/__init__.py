@@ -1,6 +1,6 @@
 """The deployment wing: the trained policy as a torch module (``SkipPolicy``), the deployable
 ``DynamicViT`` (batched real skipping), ``EarlyExitViT`` with the exit rules and ``SkipExitViT``
-with an RL skip-and-exit policy (exited images leave the batch), the folded decision (``FoldedDecision``) and the policy
+with an RL skip-and-exit policy (exited images leave the batch), ``SkipMergeViT`` (skipping + token merging), the folded decision (``FoldedDecision``) and the policy
 network description. It must not import the env wing: what it shares with the env is the contract
 (the observation encoder and the skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
 """
@@ -15,6 +15,7 @@ from .folded import FoldedDecision
 from .netspec import build_net, describe_net, supported_layers
 from .policy import SkipPolicy, deterministic_action
 from .skip_exit import SkipExitViT
+from .skip_merge import SkipMergeViT
 
 __all__ = [
     "RULES",
@@ -23,6 +24,7 @@ __all__ = [
     "ExitRule",
     "FoldedDecision",
     "SkipExitViT",
+    "SkipMergeViT",
     "SkipPolicy",
     "build_net",
     "calibrate",

@@ -2,7 +2,7 @@
 
 ``SkippableViT`` (embed / run one block on a subset of rows / head), loading and the safetensors file
 format (no pickle; every header size checked before anything is allocated), presets, stems, per-block
-costs, the class-token shortcut, and early-exit heads with their file format.
+costs, the class-token shortcut, early-exit heads with their file format, and token merging (ToMe).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .exit_file import backbone_fingerprint, load_exit_heads
 from .exits import HEAD_KINDS, ExitHead, ExitHeads, default_layout
 from .fileformat import VitskipFileError, check_save_path, on_meta, read_vitskip_file
 from .loading import backbone_from_config, load_backbone
+from .merging import TokenMergingViT, merge_schedule, run_block_merged
 from .presets import PRESETS, find_backbone, preset_spec, suggest_preset, user_backbone_path
 from .stems import resolve_stem
 
@@ -23,6 +24,7 @@ __all__ = [
     "ExitHead",
     "ExitHeads",
     "SkippableViT",
+    "TokenMergingViT",
     "VitskipFileError",
     "backbone_fingerprint",
     "backbone_from_config",
@@ -35,11 +37,13 @@ __all__ = [
     "latency_costs",
     "load_backbone",
     "load_exit_heads",
+    "merge_schedule",
     "on_meta",
     "preset_spec",
     "read_vitskip_file",
     "resolve_stem",
     "rows_per_block",
+    "run_block_merged",
     "run_block_class_token",
     "run_executing_rows",
     "suggest_preset",
