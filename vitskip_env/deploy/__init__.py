@@ -1,8 +1,9 @@
 """The deployment wing: the trained policy as a torch module (``SkipPolicy``), the deployable
 ``DynamicViT`` (batched real skipping), ``EarlyExitViT`` with the exit rules and ``SkipExitViT``
-with an RL skip-and-exit policy (exited images leave the batch), ``SkipMergeViT`` (skipping + token merging), the folded decision (``FoldedDecision``) and the policy
-network description. It must not import the env wing: what it shares with the env is the contract
-(the observation encoder and the skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
+with an RL skip-and-exit policy (exited images leave the batch), ``SkipMergeViT`` (skipping + token
+merging), the folded decision (``FoldedDecision``) and the policy network description. It must not
+import the env wing: what it shares with the env is the contract (the observation encoder and the
+skip rules, :mod:`vitskip_env.observations` and :mod:`vitskip_env.rules`).
 """
 
 from __future__ import annotations

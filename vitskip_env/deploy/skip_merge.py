@@ -50,7 +50,7 @@ class SkipMergeViT(nn.Module):
         self.schedule = merge_schedule(r, vit.depth, vit.num_tokens, vit.num_prefix_tokens)
 
     @property
-    def backbone(self):  # noqa: ANN201 - the SkippableViT (scorers read its depth and device)
+    def backbone(self):
         """The backbone (a :class:`~vitskip_env.SkippableViT`)."""
         return self.dyn.backbone
 

@@ -2,56 +2,46 @@
 
     python -m vitskip_env.measure.memprobe MODEL_FILE {static,dynamic,random,static_subset} BATCH --dataset shapes
 
-Loads the ``DynamicViT`` and the data, prepares the input batch (and the skip masks, in small chunks),
-runs one warm-up forward, returns freed heap memory to the kernel (``malloc_trim``), resets the
-kernel's peak-RSS counter (``/proc/self/clear_refs``) and runs the measured forward. The parent
-starts it with ``MALLOC_MMAP_THRESHOLD_`` fixed (64 KiB) so that large activations are mapped and
-unmapped as they live and die, and the resident set follows the live memory. Prints one JSON
-line: ``peak_mib`` = peak resident set during the forward minus the resident set just before it
-(on CUDA: the allocator's peak minus what was allocated before it), and ``method``.
+Loads the ``DynamicViT`` and the data, prepares the input batch (and the skip masks, in small chunks)
+and measures one forward with :func:`vitskip_env.measure.peak.peak_of` (warm-up, ``malloc_trim``,
+peak-RSS counter reset, measured forward). The parent starts it with ``MALLOC_MMAP_THRESHOLD_``
+fixed (64 KiB) so that the resident set follows the live memory. Prints one JSON line: ``peak_mib``
+= peak resident set during the forward minus the resident set just before it (on CUDA: the
+allocator's peak minus what was allocated before it), and ``method``. The plane's contenders have
+their own probe (``python -m vitskip_env.measure.plane --spec ...``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
-import resource
-from pathlib import Path
 
 import torch
 
 from ..data import make_dataset
 from ..deploy import DynamicViT
 from .contenders import CONTENDERS, random_masks_like
+from .peak import peak_of
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap memory back to the kernel (glibc ``malloc_trim``), so RSS counts live memory only."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+def _contender_fn(a: argparse.Namespace, device: torch.device, dtype: torch.dtype, x: torch.Tensor):
+    dyn = DynamicViT.load(a.model_file, device=device)
+    dyn.backbone.to(dtype)
+    vit = dyn.backbone
+    if a.contender == "static":
+        return vit
+    if a.contender == "dynamic":
+        return dyn
+    if a.contender == "random":
+        counts = torch.cat([dyn(x[i : i + 16], return_mask=True)[1] for i in range(0, x.shape[0], 16)])
+        mask = random_masks_like(counts, a.seed)
+        return lambda images: vit(images, execute_mask=mask)
+    if a.subset is None:
+        raise SystemExit("static_subset needs --subset (kept blocks as a 0/1 string)")
+    keep = torch.tensor([c == "1" for c in a.subset], device=device).expand(x.shape[0], -1)
+    return lambda images: vit(images, execute_mask=keep)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float | str]:
@@ -72,44 +62,10 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     if a.threads:
         torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
-    dyn = DynamicViT.load(a.model_file, device=device)
-    dyn.backbone.to(dtype)
-    vit = dyn.backbone
     ds = make_dataset(a.dataset, a.split, a.data_root, False, device)
     x = ds.normalize(ds.images[: a.batch], dtype)
     with torch.inference_mode():
-        if a.contender == "static":
-            fn = vit
-        elif a.contender == "dynamic":
-            fn = dyn
-        elif a.contender == "random":
-            counts = torch.cat([dyn(x[i : i + 16], return_mask=True)[1] for i in range(0, x.shape[0], 16)])
-            mask = random_masks_like(counts, a.seed)
-            fn = lambda images: vit(images, execute_mask=mask)  # noqa: E731
-        else:
-            if a.subset is None:
-                raise SystemExit("static_subset needs --subset (kept blocks as a 0/1 string)")
-            keep = torch.tensor([c == "1" for c in a.subset], device=device).expand(x.shape[0], -1)
-            fn = lambda images: vit(images, execute_mask=keep)  # noqa: E731
-        fn(x)  # warm-up: one-time allocations are not working memory
-        gc.collect()
-        _release_free_memory()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            fn(x)
-            torch.cuda.synchronize(device)
-            peak, method = (torch.cuda.max_memory_allocated(device) - before) / 2**20, "cuda allocator peak"
-        elif _reset_peak() and _status_kib("VmRSS") is not None:
-            before_kib = _status_kib("VmRSS") or 0
-            fn(x)
-            peak, method = ((_status_kib("VmHWM") or 0) - before_kib) / 1024, "peak RSS (VmHWM reset) - RSS before"
-        else:
-            before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            fn(x)
-            after_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            peak, method = (after_kib - before_kib) / 1024, "ru_maxrss growth (lower bound)"
+        peak, method = peak_of(_contender_fn(a, device, dtype, x), x, device)
     out: dict[str, float | str] = {"peak_mib": round(max(peak, 0.0), 3), "method": method}
     print(json.dumps(out))
     return out

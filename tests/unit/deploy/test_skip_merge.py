@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_dynamic import block_policy, varied_policy
 
 from vitskip_env import DynamicViT, SkipMergeViT, SkippableViT, TokenMergingViT, ViTSkipVectorEnv
 from vitskip_env.observations import encoder_for
-
-from test_dynamic import block_policy, varied_policy
 
 
 @pytest.fixture
