@@ -287,7 +287,7 @@ def main(args: Args) -> Path:
                     "speedup": s["speedup"],
                     "ms_per_batch": s["ms_per_batch"],
                     "peak_mib": memory.get(p.speed_key, {}).get(str(bs), float("nan")),
-                    "speed_key": p.speed_key,
+                    "timed_as": speed_points[p.speed_key].name,
                 }
             )
     frame = pd.DataFrame(rows)

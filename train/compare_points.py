@@ -47,10 +47,15 @@ EXIT_SWEEP: dict[str, list[float]] = {
 
 def shown(path: str | Path) -> str:
     """A path as a committed table may show it: ``$VITSKIP_HOME/...`` for the cache, relative to the working folder else."""
+    import vitskip_env
+
     p = Path(path).resolve()
     home = cache_dir().resolve()
     if p.is_relative_to(home):
         return "$VITSKIP_HOME/" + str(p.relative_to(home))
+    package = Path(vitskip_env.__file__).resolve().parent
+    if p.is_relative_to(package):
+        return "vitskip_env/" + str(p.relative_to(package))
     return str(p.relative_to(Path.cwd().resolve())) if p.is_relative_to(Path.cwd().resolve()) else p.name
 
 
