@@ -165,6 +165,29 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
                 f"threshold-exit point: **{'met' if v['met'] else 'missed'}** ({v['dominated']} of {v['points']})."
             )
         lines.append("")
+    if facts.get("accuracy", True):
+        lines += ["## The measured Pareto front", ""]
+        for bs in batches:
+            g = frame[frame["batch"] == bs]
+            best = g[on_front(g)].sort_values("images_per_s")
+            names = ", ".join(f"{r['name']} ({r['top1']:.2f}, {r['speedup']:.2f}x)" for _, r in best.iterrows())
+            lines.append(f"- batch {bs}: {names}")
+        if (frame["batch"] == 256).any():
+            d = dominance(frame, 256)
+            lines += [
+                "",
+                "Batch 256, each token-merging and threshold-exit point against the fastest vitskip point "
+                "with at least its top-1:",
+                "",
+                "| rival | top-1 | img/s | fastest vitskip at >= its top-1 | img/s | ratio |",
+                "|---|---:|---:|---|---:|---:|",
+            ]
+            for _, r in d.iterrows():
+                lines.append(
+                    f"| {r['name']} | {r['top1']:.2f} | {r['images_per_s']:,.0f} | {r['vitskip'] or 'none reaches it'} "
+                    f"| {_fmt(r['vitskip_images_per_s'], ',.0f')} | {_fmt(r['ratio'])}x |"
+                )
+        lines.append("")
     lines += [
         "## Every point",
         "",
@@ -192,7 +215,8 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
         mem = frame.pivot_table(index="name", columns="batch", values="peak_mib", aggfunc="first")
         lines += [
             "",
-            "Peak working memory (MiB) of one forward, each contender alone in a fresh process:",
+            "Peak working memory (MiB) of one forward above the resident set before it (a child process measures each "
+            "contender in turn; freed memory returned to the kernel and the peak counter reset before each forward):",
             "",
             "| contender | " + " | ".join(f"b{b}" for b in batches) + " |",
             "|---|" + "---:|" * len(batches),
@@ -269,8 +293,15 @@ def plot_speed_vs_flops(frame: pd.DataFrame, batch: int, title: str) -> Figure:
     ax.plot(xs, 1 / xs, color="grey", linestyle="--", linewidth=1, label="ideal: speed-up = 1 / FLOPs share")
     for i, (family, f) in enumerate(g.groupby("family", sort=False)):
         ours = bool(f["vitskip"].iloc[0])
-        ax.scatter(f["share"], f["speedup"], marker="*" if ours else "o", s=140 if ours else 40, color=f"C{i % 10}",
-                   label=family, zorder=5)  # fmt: skip
+        ax.scatter(
+            f["share"],
+            f["speedup"],
+            marker="*" if ours else "o",
+            s=140 if ours else 40,
+            color=f"C{i % 10}",
+            label=family,
+            zorder=5,
+        )
     ax.set_xlabel("counted FLOPs, share of the static backbone")
     ax.set_ylabel(f"measured speed-up over static, batch {batch}")
     ax.set_title(title)

@@ -65,7 +65,7 @@ class Args:
     tome_r: tuple[int, ...] = (1, 2, 3, 4)
     """token merging: tokens merged per block"""
     merge: tuple[str, ...] = ("1", "2", "6@0")
-    """skip + merge on each co-trained model: r (every block) or r@i,j (those blocks only)"""
+    """skip + merge on each co-trained model and each --skip-runs model: r (every block) or r@i,j (those blocks only)"""
     exit_sweep: bool = True
     """sweep the four threshold exit rules (needs an exit file)"""
     subsets: bool = True

@@ -17,7 +17,8 @@ import torch
 from vitskip_env.measure.env_throughput import measure_env_throughput, write_results
 from vitskip_env.model import find_backbone
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+#: Where the tables go (``VITSKIP_BENCH_RESULTS`` overrides it: ``benchmarks/gpu.sh`` writes ``*_cuda`` folders).
+RESULTS = Path(os.environ.get("VITSKIP_BENCH_RESULTS", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
 #: The lowest acceptable value of each reported ratio: the native env at 256 images keeps 80% of the
 #: compute floor's speed, and at 64 images runs at least twice as fast as Gymnasium's sync vectorisation.
 MIN_RATIOS: dict[str, float] = {"native256 / floor256": 0.8, "native64 / sync64": 2.0}

@@ -34,7 +34,8 @@ from vitskip_env.env.options import resolve_backbone
 from vitskip_env.files import atomic_path, atomic_write_text
 from vitskip_env.runtime import resolve_device
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+#: Where the tables go (``VITSKIP_BENCH_RESULTS`` overrides it: ``benchmarks/gpu.sh`` writes ``*_cuda`` folders).
+RESULTS = Path(os.environ.get("VITSKIP_BENCH_RESULTS", Path(__file__).resolve().parents[2] / "benchmarks" / "results"))
 GOAL = 5.0
 
 
