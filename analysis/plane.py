@@ -242,23 +242,32 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
 
 
 def plot_plane(frame: pd.DataFrame, batch: int, title: str) -> Figure:
-    """Top-1 vs measured images/s at one batch size: each family a curve, vitskip families bold, the front ringed."""
+    """Top-1 vs measured images/s at one batch: each family's points and own front, vitskip as stars, the front ringed."""
     g = frame[frame["batch"] == batch].copy()
     g["front"] = on_front(g)
     fig = Figure(figsize=(9.0, 5.6), dpi=150, layout="constrained")
     ax = fig.add_subplot()
     for i, (family, f) in enumerate(g.groupby("family", sort=False)):
-        f = f.sort_values("images_per_s")
-        ours = bool(f["vitskip"].iloc[0])
-        ax.plot(
+        ours, color = bool(f["vitskip"].iloc[0]), f"C{i % 10}"
+        ax.scatter(
             f["images_per_s"],
             f["top1"],
             marker="*" if ours else "o",
-            markersize=11 if ours else 5,
+            s=150 if ours else 25,
+            color=color,
+            alpha=1.0 if ours else 0.6,
+            zorder=4 if ours else 3,
+        )
+        own = f[non_dominated_mask(-f[["top1", "images_per_s"]].to_numpy(dtype=float))].sort_values("images_per_s")
+        ax.plot(
+            own["images_per_s"],
+            own["top1"],
+            color=color,
             linewidth=2.0 if ours else 1.0,
-            alpha=1.0 if ours else 0.7,
-            color=f"C{i % 10}",
-            label=family,
+            alpha=0.9,
+            marker="*" if ours else "o",
+            markersize=0,
+            label=f"{family} ({len(f)})",
         )
     best = g[g["front"]].sort_values("images_per_s")
     ax.scatter(

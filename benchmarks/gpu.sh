@@ -59,7 +59,7 @@ if [[ $SMOKE == 1 ]]; then
     DEVICE=cpu
     RESULTS=$(mktemp -d)
     trap 'rm -rf "$RESULTS"' EXIT
-    export VITSKIP_BENCH_IMAGES=16 VITSKIP_BENCH_ROUNDS=1 VITSKIP_BENCH_THREADS=1
+    export VITSKIP_BENCH_IMAGES=16 VITSKIP_BENCH_ROUNDS=1 VITSKIP_BENCH_THREADS=1 VITSKIP_BENCH_STEPS=256 VITSKIP_BENCH_SMOKE=1
     PLANE=(--no-discover --top1-images 64 --val-images 64 --tome-r 1 --merge 1 --batch-sizes 1 4 --rounds 1 --warmup 0
            --images-per-round 8 --flops-images 4 --no-memory --threads 1)
     ARCH=(--arch micro --batch-sizes 2 --fractions 0.5 --rounds 1 --warmup 0 --images-per-round 4 --flops-images 4 --no-memory --threads 1)

@@ -36,7 +36,9 @@ def _measure(name: str, **extra: object) -> tuple[dict, Path]:
         "device": os.environ.get("VITSKIP_BENCH_DEVICE", "auto"),
         **extra,
     }
-    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5")))
+    rounds = int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5"))
+    steps = int(os.environ.get("VITSKIP_BENCH_STEPS", "4096"))  # benchmarks/gpu.sh --smoke: a few hundred
+    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=rounds, steps_per_round=steps)
     _, md_path = write_results(result, RESULTS, name=name)
     print(md_path.read_text())
     assert all(row["steps_per_s"] > 0 for row in result["rows"])
@@ -46,6 +48,8 @@ def _measure(name: str, **extra: object) -> tuple[dict, Path]:
 @pytest.mark.benchmark
 def test_env_throughput() -> None:
     result, md_path = _measure("env_throughput")
+    if os.environ.get("VITSKIP_BENCH_SMOKE"):  # benchmarks/gpu.sh --smoke: toy sizes, the ratios mean nothing
+        return
     # Asserted so that a regression shows up when this is run.
     for ratio in result["ratios"]:
         low = MIN_RATIOS[ratio["ratio"]]

@@ -240,4 +240,5 @@ def test_vectorised_population_scoring() -> None:
     ])  # fmt: skip
     atomic_write_text(RESULTS / "nsga2_vectorised.md", text)
     print(text)
-    assert (frame["speedup"] > 1).all()
+    if not os.environ.get("VITSKIP_BENCH_SMOKE"):  # benchmarks/gpu.sh --smoke: toy sizes, the ratios mean nothing
+        assert (frame["speedup"] > 1).all()
