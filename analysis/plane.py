@@ -114,6 +114,10 @@ def goals(frame: pd.DataFrame, static_top1: float) -> dict[str, Any]:
     return out
 
 
+def _name(v: Any) -> str:
+    return "none reaches it" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
 def _fmt(v: float, spec: str = ".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
 
@@ -141,9 +145,9 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
             ]
             for _, r in t.iterrows():
                 lines.append(
-                    f"| {r['top1_at_least']:.2f} | {r['vitskip'] or 'none reaches it'} "
-                    f"| {_fmt(r['vitskip_images_per_s'], ',.0f')} | {r['other'] or 'none reaches it'} "
-                    f"| {_fmt(r['other_images_per_s'], ',.0f')} | {_fmt(r['ratio'])}x |"
+                    f"| {r['top1_at_least']:.2f} | {_name(r['vitskip'])} "
+                    f"| {_fmt(r['vitskip_images_per_s'], ',.0f')} | {_name(r['other'])} "
+                    f"| {_fmt(r['other_images_per_s'], ',.0f')} | {_fmt(r['ratio'])}{'' if pd.isna(r['ratio']) else 'x'} |"
                 )
             lines.append("")
         g = goals(frame, static_top1)
@@ -155,7 +159,7 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
             if key in g:
                 v = g[key]
                 lines.append(
-                    f"- {label}: **{'met' if v['met'] else 'missed'}**, best {v['best'] or 'none'} at "
+                    f"- {label}: **{'met' if v['met'] else 'missed'}**, best {_name(v['best'])} at "
                     f"{_fmt(v['speedup'])}x ({_fmt(v['top1'])} top-1)."
                 )
         if "dominates_b256" in g:
@@ -184,8 +188,8 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
             ]
             for _, r in d.iterrows():
                 lines.append(
-                    f"| {r['name']} | {r['top1']:.2f} | {r['images_per_s']:,.0f} | {r['vitskip'] or 'none reaches it'} "
-                    f"| {_fmt(r['vitskip_images_per_s'], ',.0f')} | {_fmt(r['ratio'])}x |"
+                    f"| {r['name']} | {r['top1']:.2f} | {r['images_per_s']:,.0f} | {_name(r['vitskip'])} "
+                    f"| {_fmt(r['vitskip_images_per_s'], ',.0f')} | {_fmt(r['ratio'])}{'' if pd.isna(r['ratio']) else 'x'} |"
                 )
         lines.append("")
     lines += [
@@ -205,7 +209,8 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
     first = frame.drop_duplicates("name").set_index("name")
     for name in first.index:
         p = first.loc[name]
-        cells = [(("\u2605 " if bool(front.loc[name, b]) else "") + _fmt(wide.loc[name, b]) + "x") for b in batches]
+        marked = [facts.get("accuracy", True) and bool(front.loc[name, b]) for b in batches]  # no front without top-1
+        cells = [("\u2605 " if m else "") + _fmt(wide.loc[name, b]) + "x" for m, b in zip(marked, batches, strict=True)]
         top1 = _fmt(p["top1"]) if facts.get("accuracy", True) else "-"
         lines.append(
             f"| {p['family']} | {name} | {p['training']} | {top1} | {_fmt(p['blocks'])} | {_fmt(p['gflops'], '.4f')} "

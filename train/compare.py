@@ -222,10 +222,13 @@ def main(args: Args) -> Path:
     )
 
     accuracy = parts.get("accuracy") or {}
-    if not args.arch:
-        for p in points:
-            if p.name not in accuracy:
-                accuracy[p.name] = evaluate(runner(p), test, n_images=args.top1_images, dtype=dtype)
+    n_scored = min(args.flops_images, len(test)) if args.arch else args.top1_images  # --arch: blocks run only
+    for p in points:
+        if p.name not in accuracy:
+            accuracy[p.name] = evaluate(runner(p), test, n_images=n_scored, dtype=dtype)
+            if args.arch:
+                accuracy[p.name]["top1"] = float("nan")  # random weights: no accuracy to read
+            else:
                 print(
                     f"  top-1 {accuracy[p.name]['top1']:6.2f}  blocks {accuracy[p.name]['blocks']:.2f}  {p.name}", flush=True
                 )

@@ -20,7 +20,9 @@ spec ``kind``   what runs
 
 Speed only, at any timm geometry: with ``arch`` and ``img_size`` instead of files, ``backbone`` is
 a random-weight ViT (seeded) and ``dynamic`` / ``random`` use a random-weight ``DynamicViT``
-executing ``fraction`` of its blocks (:mod:`vitskip_env.measure.synthetic`).
+executing ``fraction`` of its blocks (:mod:`vitskip_env.measure.synthetic`), calibrated on the first
+:data:`CALIBRATION_IMAGES` real test images of ``calibration`` (default ``shapes``) resized to its
+input, the images it is then timed on.
 
 Every point gets top-1 on the test split (:func:`evaluate`: the model's own forward, batched),
 mean blocks run, FLOPs per image *counted* while a sample of real test images runs through it
@@ -51,6 +53,8 @@ from .peak import peak_of
 from .speed import compare_speed
 
 KINDS = ("backbone", "random", "dynamic", "exit", "skip_exit")
+#: Real test images a random-weight ``DynamicViT`` is calibrated on (resized to its input size).
+CALIBRATION_IMAGES = 64
 
 
 @dataclass
@@ -202,10 +206,12 @@ def _dynamic(spec: dict[str, Any], device: torch.device | str, key: str) -> Dyna
     """The spec's ``DynamicViT``: the file under ``key``, or a random-weight one of ``arch`` running ``fraction``."""
     if "arch" not in spec:
         return DynamicViT.load(spec[key], device=device)
+    from ..data import make_dataset
     from .synthetic import synthetic_dynamic_vit
 
-    g = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-    images = torch.randn(64, 3, spec["img_size"], spec["img_size"], generator=g)
+    source = make_dataset(spec.get("calibration", "shapes"), "test", None, False, "cpu")
+    calib = resized(source, int(spec["img_size"]), CALIBRATION_IMAGES)
+    images = calib.normalize(calib.images)
     dyn = synthetic_dynamic_vit(spec["arch"], images, execute_fraction=float(spec["fraction"]),
                                 seed=int(spec.get("seed", 0)), img_size=spec["img_size"])  # fmt: skip
     return dyn.to(device).eval()
