@@ -336,7 +336,10 @@ def describe(
     return {
         "title": f"Accuracy vs measured speed: {label} ({device.type}, {args.dtype})",
         "intro": intro,
-        "command": "python " + " ".join(["train/compare.py", *sys.argv[1:]]).replace(str(cache_dir()), "$VITSKIP_HOME"),
+        "command": "python "
+        + " ".join(["train/compare.py", *(a for a in sys.argv[1:] if a != "--resume")]).replace(
+            str(cache_dir()), "$VITSKIP_HOME"
+        ),
         "static_top1": float(static["top1"].iloc[0]) if len(static) else float("nan"),
         "static_name": static_name,
         "accuracy": not args.arch,
