@@ -332,7 +332,12 @@ def merge_points(args: Any, path: Path, name: str, source: str, training: str) -
 
 
 def arch_points(args: Any, flops_of: Any) -> list[Point]:
-    """Speed-only contenders of a random-weight ``--arch`` model at matched FLOPs (see the module docstring)."""
+    """Speed-only contenders of a random-weight ``--arch`` model at matched FLOPs (see the module docstring).
+
+    For each ``--fractions`` target the random-weight ``DynamicViT`` is calibrated as close as its
+    decisions allow (whole blocks flip together); its *counted* FLOPs then set the match: the
+    static subset with the closest FLOPs and the ToMe ``r`` with the closest FLOPs.
+    """
     from vitskip_env.model import SkippableViT
 
     torch.manual_seed(args.seed)
@@ -348,58 +353,63 @@ def arch_points(args: Any, flops_of: Any) -> list[Point]:
     )
     pts = [static]
     full = flops_of(static)
+    subset_share = {k: flops_of(_first(k, depth, geo)) / full for k in range(1, depth)}
     for f in args.fractions:
-        k = max(1, round(f * depth))
-        keep = "1" * k + "0" * (depth - k)
-        pts.append(
-            Point(
-                f"first {k} blocks",
-                "static subset",
-                False,
-                {"kind": "backbone", **geo, "keep": keep},
-                f"a {k}-block ViT (speed only: which blocks does not change the speed)",
-            )
+        dyn = Point(
+            f"DynamicViT, target {f:.2f}",
+            "vitskip: RL skip",
+            True,
+            {"kind": "dynamic", **geo, "fraction": f},
+            f"random-weight default-size policy calibrated on the test images towards {f:.2f} of the blocks",
         )
-        pts.append(
+        share = flops_of(dyn) / full
+        dyn.name = f"DynamicViT, {share:.2f} FLOPs"
+        k = min(subset_share, key=lambda k: abs(subset_share[k] - share))
+        sub = _first(k, depth, geo)
+        sub.name = f"first {k} blocks, {subset_share[k]:.2f} FLOPs"
+        r = tome_r_for(vit, share, full, flops_of, geo)
+        tome_share = flops_of(Point("probe", "probe", False, {"kind": "backbone", **geo, "r": r}, "")) / full
+        pts += [
+            sub,
             Point(
-                f"random skip, {f:.2f} of the blocks",
+                f"random skip at the {share:.2f}-FLOPs policy's depth",
                 "random skip",
                 False,
                 {"kind": "random", **geo, "fraction": f},
                 "random blocks at the random-weight policy's per-image depth",
-            )
-        )
-        pts.append(
+            ),
+            dyn,
             Point(
-                f"DynamicViT, {f:.2f} of the blocks",
-                "vitskip: RL skip",
-                True,
-                {"kind": "dynamic", **geo, "fraction": f},
-                f"random-weight default-size policy calibrated to run {f:.2f} of the blocks",
-            )
-        )
-        r = tome_r_for(vit, f, full, flops_of, geo)
-        pts.append(
-            Point(
-                f"ToMe r={r} (~{f:.2f} FLOPs)",
+                f"ToMe r={r}, {tome_share:.2f} FLOPs",
                 "token merging (ToMe)",
                 False,
                 {"kind": "backbone", **geo, "r": r},
-                f"ToMe, {r} tokens per block: the r whose counted FLOPs come closest to {f:.2f} of static",
-            )
-        )
+                f"ToMe, {r} tokens per block: the r whose counted FLOPs come closest to the DynamicViT's",
+            ),
+        ]
     f = max(args.fractions)
     r = max(1, tome_r_for(vit, 0.8, full, flops_of, geo))
     pts.append(
         Point(
-            f"DynamicViT {f:.2f} + ToMe r={r}",
+            f"DynamicViT (target {f:.2f}) + ToMe r={r}",
             "vitskip: skip + ToMe",
             True,
             {"kind": "dynamic", **geo, "fraction": f, "r": r},
-            f"the {f:.2f} DynamicViT with ToMe r={r} in its blocks",
+            f"the target-{f:.2f} DynamicViT with ToMe r={r} in its blocks",
         )
     )
     return pts
+
+
+def _first(k: int, depth: int, geo: dict[str, Any]) -> Point:
+    keep = "1" * k + "0" * (depth - k)
+    return Point(
+        f"first {k} blocks",
+        "static subset",
+        False,
+        {"kind": "backbone", **geo, "keep": keep},
+        f"a {k}-block ViT (speed only: which blocks does not change the speed)",
+    )
 
 
 def tome_r_for(vit: Any, fraction: float, full: float, flops_of: Any, geo: dict[str, Any]) -> int:

@@ -32,7 +32,7 @@ def test_bad_arguments_and_missing_imports_are_named(tmp_path: Path) -> None:
     proc = _run("--fast")
     assert proc.returncode == 2 and "unknown argument '--fast'" in proc.stderr
     bare = tmp_path / "python"
-    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -S -I \"$@\"\n")  # no site-packages: nothing importable
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S -I "$@"\n')  # no site-packages: nothing importable
     bare.chmod(0o755)
     proc = _run("--smoke", python=str(bare))
     assert proc.returncode != 0 and "lacks torch, timm" in proc.stderr

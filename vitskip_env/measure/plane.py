@@ -34,6 +34,7 @@ call, and peak working memory in a fresh process (:func:`peak_memory`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -202,6 +203,9 @@ def _backbone(spec: dict[str, Any], device: torch.device | str) -> SkippableViT:
     return load_backbone(path, device=device).eval()
 
 
+_SYNTHETIC: dict[str, DynamicViT] = {}
+
+
 def _dynamic(spec: dict[str, Any], device: torch.device | str, key: str) -> DynamicViT:
     """The spec's ``DynamicViT``: the file under ``key``, or a random-weight one of ``arch`` running ``fraction``."""
     if "arch" not in spec:
@@ -209,12 +213,14 @@ def _dynamic(spec: dict[str, Any], device: torch.device | str, key: str) -> Dyna
     from ..data import make_dataset
     from .synthetic import synthetic_dynamic_vit
 
-    source = make_dataset(spec.get("calibration", "shapes"), "test", None, False, "cpu")
-    calib = resized(source, int(spec["img_size"]), CALIBRATION_IMAGES)
-    images = calib.normalize(calib.images)
-    dyn = synthetic_dynamic_vit(spec["arch"], images, execute_fraction=float(spec["fraction"]),
-                                seed=int(spec.get("seed", 0)), img_size=spec["img_size"])  # fmt: skip
-    return dyn.to(device).eval()
+    memo = json.dumps({k: spec.get(k) for k in ("arch", "img_size", "seed", "fraction", "calibration")}, sort_keys=True)
+    if memo not in _SYNTHETIC:  # the calibration runs the model many times: once per process and setting
+        source = make_dataset(spec.get("calibration", "shapes"), "test", None, False, "cpu")
+        calib = resized(source, int(spec["img_size"]), CALIBRATION_IMAGES)
+        images = calib.normalize(calib.images)
+        _SYNTHETIC[memo] = synthetic_dynamic_vit(spec["arch"], images, execute_fraction=float(spec["fraction"]),
+                                                 seed=int(spec.get("seed", 0)), img_size=spec["img_size"])  # fmt: skip
+    return copy.deepcopy(_SYNTHETIC[memo]).to(device).eval()
 
 
 def file_format(path: str | os.PathLike) -> str | None:
