@@ -21,7 +21,7 @@ spec ``kind``   what runs
 Speed only, at any timm geometry: with ``arch`` and ``img_size`` instead of files, ``backbone`` is
 a random-weight ViT (seeded) and ``dynamic`` / ``random`` use a random-weight ``DynamicViT``
 executing ``fraction`` of its blocks (:mod:`vitskip_env.measure.synthetic`), calibrated on the first
-:data:`CALIBRATION_IMAGES` real test images of ``calibration`` (default ``shapes``) resized to its
+:data:`CALIBRATION_IMAGES` (16 from 128 pixels up) real test images of ``calibration`` (default ``shapes``) resized to its
 input, the images it is then timed on.
 
 Every point gets top-1 on the test split (:func:`evaluate`: the model's own forward, batched),
@@ -54,7 +54,7 @@ from .peak import peak_of
 from .speed import compare_speed
 
 KINDS = ("backbone", "random", "dynamic", "exit", "skip_exit")
-#: Real test images a random-weight ``DynamicViT`` is calibrated on (resized to its input size).
+#: Real test images a random-weight ``DynamicViT`` is calibrated on (resized to its input size); 16 from 128 pixels up.
 CALIBRATION_IMAGES = 64
 
 
@@ -216,7 +216,7 @@ def _dynamic(spec: dict[str, Any], device: torch.device | str, key: str) -> Dyna
     memo = json.dumps({k: spec.get(k) for k in ("arch", "img_size", "seed", "fraction", "calibration")}, sort_keys=True)
     if memo not in _SYNTHETIC:  # the calibration runs the model many times: once per process and setting
         source = make_dataset(spec.get("calibration", "shapes"), "test", None, False, "cpu")
-        calib = resized(source, int(spec["img_size"]), CALIBRATION_IMAGES)
+        calib = resized(source, int(spec["img_size"]), CALIBRATION_IMAGES if spec["img_size"] < 128 else 16)
         images = calib.normalize(calib.images)
         _SYNTHETIC[memo] = synthetic_dynamic_vit(spec["arch"], images, execute_fraction=float(spec["fraction"]),
                                                  seed=int(spec.get("seed", 0)), img_size=spec["img_size"])  # fmt: skip
