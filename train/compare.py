@@ -189,7 +189,7 @@ def main(args: Args) -> Path:
     if args.arch:
         test = resized(source, _arch_size(args), max(256, max(args.batch_sizes), args.flops_images))
         sample = test.normalize(test.images[: args.flops_images], dtype)
-        points = cp.arch_points(args, lambda p: count_flops(build(p.spec, device, dtype), sample[:8]))
+        points = cp.arch_points(args, lambda p: count_flops(build(p.spec, device, dtype), sample))
         static_name = "static backbone"
     else:
         test = source

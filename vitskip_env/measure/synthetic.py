@@ -93,7 +93,8 @@ def synthetic_dynamic_vit(
 
     def fraction(shift: float) -> float:  # shift of logit 1: more blocks execute as it grows
         if shift not in tried:
-            last.bias[1] = start + shift  # an in-place change: the next forward refolds the decision
+            last.bias[1] = start + shift
+            dyn.refold()  # explicitly: under inference mode the weights have no version counter to show the change
             ties[0] = 0
             tried[shift] = (float(dyn(images, return_mask=True)[1].float().mean()), ties[0])
         return tried[shift][0]

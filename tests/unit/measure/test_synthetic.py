@@ -33,6 +33,16 @@ def test_synthetic_model_executes_the_asked_fraction_with_per_image_decisions() 
     assert folded is not None  # the folded decision is what gets measured
 
 
+def test_calibration_under_inference_mode_reaches_the_fraction() -> None:
+    """Built inside ``torch.inference_mode()`` (weights without version counters) it still calibrates."""
+    ds = make_dataset("shapes", "test")
+    x = ds.normalize(ds.images[:64])
+    with torch.inference_mode():
+        dyn = synthetic_dynamic_vit("micro", x, execute_fraction=0.5, num_classes=10)
+        mask = dyn(x, return_mask=True)[1]
+    assert abs(mask.float().mean().item() - 0.5) <= 0.15
+
+
 def test_bad_fraction_is_refused() -> None:
     with pytest.raises(ValueError, match="execute_fraction"):
         synthetic_dynamic_vit("micro", torch.zeros(2, 3, 32, 32), execute_fraction=1.0)
