@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def compare(monkeypatch: pytest.MonkeyPatch):
+    """``train/compare.py`` loaded as ``train_compare`` (``compare`` is the tests' own helper module)."""
     monkeypatch.syspath_prepend(str(ROOT / "train"))
-    import compare as module
-
+    spec = importlib.util.spec_from_file_location("train_compare", ROOT / "train" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_compare", module)  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
     return module
 
 
