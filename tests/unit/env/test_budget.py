@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from compare import assert_same
+from same_outputs import assert_same
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import SyncVectorEnv
 from stable_baselines3.common.env_checker import check_env as sb3_check

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from compare import assert_same
+from same_outputs import assert_same
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import vitskip_env  # noqa: F401  (registers the ids)
