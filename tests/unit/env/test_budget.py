@@ -5,9 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from same_outputs import assert_same
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import SyncVectorEnv
+from same_outputs import assert_same
 from stable_baselines3.common.env_checker import check_env as sb3_check
 
 import vitskip_env  # noqa: F401  (registers the ids)

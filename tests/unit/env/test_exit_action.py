@@ -6,9 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from same_outputs import assert_same
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from same_outputs import assert_same
 
 import vitskip_env  # noqa: F401  (registers the ids)
 from vitskip_env import ViTSkipVectorEnv
