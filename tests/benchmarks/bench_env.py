@@ -38,7 +38,9 @@ def _measure(name: str, **extra: object) -> tuple[dict, Path]:
     }
     rounds = int(os.environ.get("VITSKIP_BENCH_ROUNDS", "5"))
     steps = int(os.environ.get("VITSKIP_BENCH_STEPS", "4096"))  # benchmarks/gpu.sh --smoke: a few hundred
-    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=rounds, steps_per_round=steps)
+    configs = os.environ.get("VITSKIP_BENCH_CONFIGS")  # e.g. "sync64,native64" (benchmarks/gpu.sh --smoke)
+    extra_kw = {"configs": tuple(configs.split(","))} if configs else {}
+    result = measure_env_throughput("ViTSkip-Shapes-v0", kwargs, rounds=rounds, steps_per_round=steps, **extra_kw)
     _, md_path = write_results(result, RESULTS, name=name)
     print(md_path.read_text())
     assert all(row["steps_per_s"] > 0 for row in result["rows"])

@@ -19,11 +19,13 @@ def _run(*args: str, python: str = sys.executable) -> subprocess.CompletedProces
 def test_smoke_runs_every_part_on_the_cpu() -> None:
     proc = _run("--smoke")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for part in ("plane", "arch", "dynamic", "env", "nsga2"):
+    for part in ("plane (fp32)", "arch", "dynamic", "env", "nsga2"):
         assert f"gpu.sh: {part} -> " in proc.stdout, part
-    assert "gpu.sh: done" in proc.stdout
+    assert "gpu.sh: done" in proc.stdout and proc.stdout.count(" passed") == 2  # both pytest benchmarks ran and passed
     assert "Accuracy vs measured speed: shapes (cpu, fp32)" in proc.stdout  # the plane's table was printed
     assert not list((ROOT / "benchmarks" / "results").glob("*_cpu_fp32"))  # smoke output went to a temporary folder
+    folder = Path(proc.stdout.split("results under ")[-1].strip())
+    assert folder.name.startswith("gpu-smoke-") and not folder.exists()  # and was removed
 
 
 def test_bad_arguments_and_missing_imports_are_named(tmp_path: Path) -> None:
