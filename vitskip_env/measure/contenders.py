@@ -188,8 +188,11 @@ def peak_memory_mib(
     input batch are loaded first). CUDA: the allocator's peak above what was allocated before it.
 
     Raises:
+        FileNotFoundError: No such model file (checked before the child starts).
         RuntimeError: The child process failed (its error output is included).
     """
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError(f"memory probe: no such model file {str(model_file)!r}")
     cmd = [sys.executable, "-m", "vitskip_env.measure.memprobe", str(model_file), contender, str(batch_size),
            "--dataset", dataset, "--split", split, "--device", device, "--dtype", dtype, "--seed", str(seed)]  # fmt: skip
     if data_root is not None:

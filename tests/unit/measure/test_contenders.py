@@ -89,5 +89,5 @@ def test_peak_memory_grows_with_the_batch(tmp_path: Path) -> None:
     large = peak_memory_mib(path, "dynamic", 512, dataset="shapes", threads=1)
     assert 0 <= small < large
     assert large > 512 * 17 * 32 * 4 / 2**20  # at least one (B, T, D) float32 token state of the micro model
-    with pytest.raises(RuntimeError, match="memory probe"):
+    with pytest.raises(FileNotFoundError, match="memory probe: no such model file"):
         peak_memory_mib(tmp_path / "missing.safetensors", "static", 1, dataset="shapes")
