@@ -55,6 +55,7 @@ def check_front(out: Path, front: pd.DataFrame) -> None:
     assert sorted(p.name for p in (out / "models").glob("*.safetensors")) == sorted(Path(m).name for m in front["model"])
 
 
+@pytest.mark.slow  # a local Dask cluster of two worker processes (~20 s): `uv run pytest -m slow`
 def test_search_on_a_two_worker_local_dask_cluster(tmp_path: Path, micro_file: str, monkeypatch) -> None:
     from distributed import Client
 

@@ -57,6 +57,7 @@ def test_relational_env_uses_its_shipped_backbone_offline(dataset: str) -> None:
     assert env.unwrapped.dataset.num_classes == classes
 
 
+@pytest.mark.slow  # re-scores two shipped records on full 10,000-image splits (~1 min): `uv run pytest -m slow`
 @pytest.mark.parametrize("dataset", sorted(RELATIONAL))
 def test_relational_depth_record_is_true(dataset: str) -> None:
     """The shipped depth curve re-scores exactly: each depth's subset, the full model, the hardest bin."""

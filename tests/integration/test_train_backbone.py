@@ -114,6 +114,7 @@ def test_block_drop_really_skips_blocks_in_training(tmp_path: Path, monkeypatch:
     assert all(0 < r < 64 for r in train_rows), train_rows
 
 
+@pytest.mark.slow  # two torchrun processes (~20 s): `uv run pytest -m slow`
 @pytest.mark.timeout(600)
 def test_torchrun_two_processes_complete(tmp_path: Path) -> None:
     out = tmp_path / "ddp.safetensors"
