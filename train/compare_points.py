@@ -29,13 +29,6 @@ import yaml
 from vitskip_env.files import cache_dir
 from vitskip_env.measure.plane import Point
 
-VITSKIP_FAMILIES = (
-    "vitskip: RL skip",
-    "vitskip: RL skip, co-trained",
-    "vitskip: skip + ToMe",
-    "vitskip: RL skip+exit",
-    "vitskip: budget knob (one model)",
-)
 #: The threshold sweep of each exit rule (LGViT heads): knob values from eager to cautious.
 EXIT_SWEEP: dict[str, list[float]] = {
     "confidence": [0.6, 0.8, 0.9, 0.95, 0.99],

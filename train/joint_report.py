@@ -143,8 +143,9 @@ def time_contenders(
     random_masks_like: Any,
 ) -> dict[str, dict[str, float]]:
     """Images/s of each distinct computation at batch ``bs``, interleaved (the first row's model is the baseline)."""
-    n_batches = max(1, min(8, 2048 // bs))
-    batches = [test.normalize(test.images[i * bs : (i + 1) * bs]) for i in range(n_batches)]
+    from vitskip_env.measure.speed import timing_batches
+
+    batches = timing_batches(test, bs)
     masks = {id(x): random_masks_like(executed[i * bs : (i + 1) * bs], seed + i) for i, x in enumerate(batches)}
     models: dict[str, Any] = {}
     for r in rows:

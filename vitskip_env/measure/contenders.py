@@ -41,7 +41,7 @@ from ..data import ImageDataset
 from ..data.augment import random_block_mask
 from ..deploy import DynamicViT
 from .accuracy import score
-from .speed import compare_speed
+from .speed import compare_speed, timing_batches
 
 #: The contenders, in table order.
 CONTENDERS: tuple[str, ...] = ("static", "dynamic", "random", "static_subset")
@@ -125,12 +125,8 @@ def measure_speed(
         ``efficiency``, ``bound_speedup``, ``bound_efficiency``.
     """
     vit = dyn.backbone
-    n_batches = max(1, min(max_batches, images_per_round // batch_size))
-    if n_batches * batch_size > len(ds):
-        n_batches = max(1, len(ds) // batch_size)
-    batches = [ds.normalize(ds.images[i * batch_size : (i + 1) * batch_size], dtype) for i in range(n_batches)]
-    if batches[-1].shape[0] < batch_size:
-        raise ValueError(f"batch size {batch_size} is larger than the split ({len(ds)} images); use smaller batches")
+    batches = timing_batches(ds, batch_size, images_per_round=images_per_round, max_batches=max_batches, dtype=dtype)
+    n_batches = len(batches)
     dyn_masks = [dyn(x, return_mask=True)[1] for x in batches]
     rnd_masks = [random_masks_like(m, seed + i) for i, m in enumerate(dyn_masks)]
     by_batch = {id(x): i for i, x in enumerate(batches)}

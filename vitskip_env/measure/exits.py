@@ -25,7 +25,7 @@ import torch
 from ..data import ImageDataset
 from ..deploy import EarlyExitViT, ExitRule, SkipExitViT, point_costs, simulate
 from ..model import SkippableViT
-from .speed import compare_speed
+from .speed import compare_speed, timing_batches
 
 
 @dataclass
@@ -141,10 +141,7 @@ def measure_exit_speed(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, dict[str, float]]:
     """Images/s and speed-up against ``static`` of every contender at one batch size, interleaved, on real images."""
-    n_batches = max(1, min(max_batches, images_per_round // batch_size, len(ds) // batch_size))
-    batches = [ds.normalize(ds.images[i * batch_size : (i + 1) * batch_size], dtype) for i in range(n_batches)]
-    if batches[-1].shape[0] < batch_size:
-        raise ValueError(f"batch size {batch_size} is larger than the split ({len(ds)} images); use smaller batches")
+    batches = timing_batches(ds, batch_size, images_per_round=images_per_round, max_batches=max_batches, dtype=dtype)
     return compare_speed({"static": static, **contenders}, batches, rounds=rounds, warmup=warmup, baseline="static")
 
 

@@ -40,7 +40,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from ..data.augment import random_block_mask
 from ..deploy import DynamicViT, EarlyExitViT, ExitRule, SkipExitViT, SkipMergeViT
 from ..model import SkippableViT, TokenMergingViT, load_backbone
 from .peak import peak_of
-from .speed import compare_speed
+from .speed import compare_speed, timing_batches
 
 KINDS = ("backbone", "random", "dynamic", "exit", "skip_exit")
 #: Real test images a random-weight ``DynamicViT`` is calibrated on (resized to its input size); 16 from 128 pixels up.
@@ -60,7 +60,7 @@ CALIBRATION_IMAGES = 64
 
 @dataclass
 class Point:
-    """One contender of the plane: what it is, how to rebuild it, and (filled in) what it measured."""
+    """One contender of the plane: its name, family, whether it is a vitskip method, and how to rebuild it."""
 
     name: str
     family: str
@@ -68,7 +68,6 @@ class Point:
     spec: dict[str, Any]
     setting: str
     training: str = "none"
-    figures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def speed_key(self) -> str:
@@ -289,10 +288,7 @@ def time_points(
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, dict[str, float]]:
     """Images/s of every runner at ``batch_size``, interleaved call by call on the same real test batches (medians)."""
-    n_batches = max(1, min(8, images_per_round // batch_size, len(ds) // batch_size))
-    if n_batches * batch_size > len(ds):
-        raise ValueError(f"batch size {batch_size} is larger than the split ({len(ds)} images); use smaller batches")
-    batches = [ds.normalize(ds.images[i * batch_size : (i + 1) * batch_size], dtype) for i in range(n_batches)]
+    batches = timing_batches(ds, batch_size, images_per_round=images_per_round, dtype=dtype)
     with torch.inference_mode():
         for runner in runners.values():
             runner.prepare(batches)
@@ -385,11 +381,6 @@ def main(argv: list[str] | None = None) -> None:
         del runner
 
 
-def random_masks_runner(vit: SkippableViT, dyn: DynamicViT, seed: int = 0) -> Runner:
-    """Random skipping at ``dyn``'s per-image depth on ``vit`` (for in-process use without files)."""
-    return _RandomRunner(vit, dyn, seed)
-
-
 __all__ = [
     "KINDS",
     "Point",
@@ -399,7 +390,6 @@ __all__ = [
     "evaluate",
     "file_format",
     "peak_memory",
-    "random_masks_runner",
     "resized",
     "time_points",
 ]

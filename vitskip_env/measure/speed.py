@@ -14,9 +14,30 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..data import ImageDataset
 from ..runtime import sync
 
 Model = Callable[[torch.Tensor], object]
+
+
+def timing_batches(
+    ds: ImageDataset,
+    batch_size: int,
+    *,
+    images_per_round: int = 2048,
+    max_batches: int = 8,
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor]:
+    """The real test batches one timing round runs: ``min(max_batches, images_per_round // batch_size)`` (at least
+    one, at most what the split holds) consecutive batches of ``batch_size`` images, normalised.
+
+    Raises:
+        ValueError: ``batch_size`` is larger than the split.
+    """
+    if batch_size > len(ds):
+        raise ValueError(f"batch size {batch_size} is larger than the split ({len(ds)} images); use smaller batches")
+    n = max(1, min(max_batches, images_per_round // batch_size, len(ds) // batch_size))
+    return [ds.normalize(ds.images[i * batch_size : (i + 1) * batch_size], dtype) for i in range(n)]
 
 
 @torch.inference_mode()
