@@ -42,8 +42,19 @@ ENV_IDS: dict[str, str] = {
 if importlib.util.find_spec("sklearn") is not None:
     ENV_IDS["ViTSkip-Digits-v0"] = "digits"
 
+#: Registered id -> dataset name of the patch-dropping envs (an episode is one training run).
+PATCHDROP_ENV_IDS: dict[str, str] = {
+    "ViTPatchDrop-Shapes-v0": "shapes",
+    "ViTPatchDrop-Relations-v0": "relations",
+    "ViTPatchDrop-Pointers-v0": "pointers",
+    "ViTPatchDrop-CIFAR10-v0": "cifar10",
+    "ViTPatchDrop-CIFAR100-v0": "cifar100",
+    "ViTPatchDrop-TinyImageNet-v0": "tinyimagenet",
+}
+
 #: Gymnasium entry points (strings: nothing is imported until an env is made).
 ENTRY_POINT = "vitskip_env.env.single_env:ViTSkipEnv"
+PATCHDROP_ENTRY_POINT = "vitskip_env.env.patchdrop_env:ViTPatchDropEnv"
 VECTOR_ENTRY_POINT = "vitskip_env.env.vector_env:ViTSkipVectorEnv"
 
 #: Public name -> the module that defines it (imported on first attribute access).
@@ -70,17 +81,23 @@ _LAZY: dict[str, str] = {
     "ExitRule": "vitskip_env.deploy",
     "ExitHeads": "vitskip_env.model",
     "SkipRules": "vitskip_env.rules",
+    "ViTPatchDropEnv": "vitskip_env.env",
+    "PatchKeptViT": "vitskip_env.model",
 }
 
 
 def register_envs() -> list[str]:
-    """Register every id in :data:`ENV_IDS` that is not registered yet; returns the ids registered now."""
+    """Register every id of :data:`ENV_IDS` and :data:`PATCHDROP_ENV_IDS` not registered yet; returns those registered now."""
     added = []
     for env_id, dataset in ENV_IDS.items():
         if env_id in gym.registry:
             continue
         gym.register(id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, kwargs={"dataset": dataset})
         added.append(env_id)
+    for env_id, dataset in PATCHDROP_ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=PATCHDROP_ENTRY_POINT, kwargs={"dataset": dataset})
+            added.append(env_id)
     return added
 
 
@@ -102,6 +119,7 @@ register_envs()
 
 __all__ = [
     "ENV_IDS",
+    "PATCHDROP_ENV_IDS",
     "PRESETS",
     "CotrainConfig",
     "DynamicViT",
@@ -110,6 +128,7 @@ __all__ = [
     "ExitRule",
     "ImageDataset",
     "ObservationEncoder",
+    "PatchKeptViT",
     "RewardContext",
     "SkipCore",
     "SkipExitViT",
@@ -118,6 +137,7 @@ __all__ = [
     "SkipRules",
     "SkippableViT",
     "TokenMergingViT",
+    "ViTPatchDropEnv",
     "ViTSkipEnv",
     "ViTSkipVectorEnv",
     "available_datasets",

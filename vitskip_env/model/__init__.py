@@ -2,7 +2,8 @@
 
 ``SkippableViT`` (embed / run one block on a subset of rows / head), loading and the safetensors file
 format (no pickle; every header size checked before anything is allocated), presets, stems, per-block
-costs, the class-token shortcut, early-exit heads with their file format, and token merging (ToMe).
+costs, the class-token shortcut, early-exit heads with their file format, token merging (ToMe) and patch
+selection (patches removed before the first block).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .exits import HEAD_KINDS, ExitHead, ExitHeads, default_layout
 from .fileformat import VitskipFileError, check_save_path, on_meta, read_vitskip_file
 from .loading import backbone_from_config, load_backbone
 from .merging import TokenMergingViT, merge_schedule, run_block_merged
+from .patch_select import PatchKeptViT, kept_count, select_patches
 from .presets import PRESETS, find_backbone, preset_spec, suggest_preset, user_backbone_path
 from .stems import resolve_stem
 
@@ -23,6 +25,7 @@ __all__ = [
     "PRESETS",
     "ExitHead",
     "ExitHeads",
+    "PatchKeptViT",
     "SkippableViT",
     "TokenMergingViT",
     "VitskipFileError",
@@ -34,6 +37,7 @@ __all__ = [
     "default_layout",
     "find_backbone",
     "flops_costs",
+    "kept_count",
     "latency_costs",
     "load_backbone",
     "load_exit_heads",
@@ -46,6 +50,7 @@ __all__ = [
     "run_block_class_token",
     "run_block_merged",
     "run_executing_rows",
+    "select_patches",
     "suggest_preset",
     "user_backbone_path",
 ]

@@ -9,6 +9,7 @@ preset    timm architecture                          image    patch   depth  wid
 ========  =========================================  =======  ======  =====  ======  ========
 micro     vit_tiny_patch16_224 (tests)               32       8       4      32      17
 demo      vit_tiny_patch16_224 + conv stem           32       8       8      128     17
+mini      vit_tiny_patch16_224 (patch dropping)      32       4       6      64      65
 tiny      vit_tiny_patch16_224                       32       4       12     192     65
 small     vit_small_patch16_224                      32       4       12     384     65
 base      vit_base_patch16_224                       32       4       12     768     65
@@ -36,6 +37,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_heads": 4,
             "mlp_ratio": 3.0,
             "stem": "conv",
+        },
+    },
+    # AgentViT's geometry (64 patches of 4x4, depth 6) at half its width: the patch-dropping default,
+    # where the blocks' work grows with the token count (at 17 tokens the fixed costs hide it on a CPU).
+    "mini": {
+        "model_name": "vit_tiny_patch16_224",
+        "kwargs": {
+            "img_size": 32,
+            "patch_size": 4,
+            "embed_dim": 64,
+            "depth": 6,
+            "num_heads": 2,
+            "mlp_ratio": 2.0,
+            "stem": "conv_lite",
         },
     },
     "tiny": {"model_name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 4}},
