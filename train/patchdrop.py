@@ -18,8 +18,10 @@ Writes the run directory: ``runs.csv`` / ``runs.parquet`` (one row per contender
 top-1 with all and with the kept patches, seconds per epoch, images/s, training-step peak memory, the
 kept-patch inference speed-up), ``steps.parquet`` (the keep-ratio trajectory and the validation curve
 of every run), ``summary.md`` (the table and the goals), ``top1_vs_time.png``, ``agent-s<seed>.csv``
-(the agent's training episodes). Every finished run is saved at once (``parts/``) and the agent is
-checkpointed after every rollout (no pickle), so ``--resume`` loses at most the episode in flight.
+(the agent's training episodes), ``models/<contender>-s<seed>.safetensors`` (every trained ViT, loadable
+with ``vitskip_env.load_backbone``; ``PatchKeptViT(vit, keep)`` runs it on kept patches). Every finished
+run is saved at once (``parts/``) and the agent is checkpointed after every rollout (no pickle), so
+``--resume`` loses at most the episode in flight.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class Args:
     """peak AdamW learning rate (warm-up then cosine over the budget)"""
     val_images: int = 512
     """validation images behind the observation and the curves"""
+    test_images: int | None = None
+    """images of val and test scoring each trained ViT (default: the whole splits)"""
+    rounds: int = 5
+    """timed rounds of the inference speed-up (medians of per-round ratios)"""
     clock: str = "wall"
     """wall (measured seconds) or tokens (deterministic, for tests: budgets in full-patch minibatches)"""
     device: str = "cpu"
@@ -164,8 +170,10 @@ def train_agent(args: Args, seed: int, run_dir: Path) -> Any:
     return model
 
 
-def run_contender(name: str, args: Args, seed: int, model: Any, learned_keep: float | None) -> tuple[dict, list[dict]]:
-    """Train one contender's ViT; returns its summary row and its step rows."""
+def run_contender(
+    name: str, args: Args, seed: int, model: Any, learned_keep: float | None, run_dir: Path
+) -> tuple[dict, list[dict]]:
+    """Train one contender's ViT (saved under ``run_dir/models``); returns its summary row and its step rows."""
     facts: dict[str, Any] = {}
     scorer = args.scorer
     if name == "agentvit":
@@ -186,8 +194,17 @@ def run_contender(name: str, args: Args, seed: int, model: Any, learned_keep: fl
         rows = runs.run_schedule(env, choose, seed)
         final_keep = float(rows[-1]["keep_ratio"])
     summary = {"contender": name, "seed": seed, **runs.run_summary(rows, env)}
-    summary.update(runs.finish(env, final_keep, runs.mean_keep(rows), scorer))
+    kept_scorer = "random" if scorer == "random" else "cls_attn"
+    summary.update(runs.finish(env, final_keep, runs.mean_keep(rows), kept_scorer, args.rounds, args.test_images))
     summary.update(facts)
+    models = run_dir / "models"
+    models.mkdir(exist_ok=True)
+    train = env.run.train_set
+    env.run.model.save(
+        models / f"{name}-s{seed}.safetensors", dataset=args.dataset, mean=list(train.mean), std=list(train.std),
+        image_size=train.image_size, classes=list(train.classes),
+        training={"script": "train/patchdrop.py", "contender": name, "seed": seed, "args": asdict(args)},
+    )  # fmt: skip
     env.close()
     return summary, rows
 
@@ -250,7 +267,7 @@ def main(args: Args) -> Path:
             learned_keep = json.loads(learned.read_text())["mean_keep"] if learned.is_file() else None
             start = time.perf_counter()
             common.seed_everything(seed)
-            summary, rows = run_contender(name, args, seed, model, learned_keep)
+            summary, rows = run_contender(name, args, seed, model, learned_keep, run_dir)
             _write_parquet(pd.DataFrame(rows).assign(contender=name, seed=seed), parts / f"{name}-s{seed}.parquet")
             atomic_write_text(part, json.dumps(summary, indent=1) + "\n")
             print(

@@ -99,28 +99,37 @@ def mean_keep(rows: list[dict[str, Any]]) -> float:
     return float(sum(k * n for k, n in kept) / sum(n for _, n in kept))
 
 
-def finish(env: ViTPatchDropEnv, final_keep: float, mean_keep_ratio: float, scorer: str, rounds: int = 5) -> dict[str, Any]:
-    """Whole-split top-1 with every patch and at ``final_keep``, inference speed-up and training-step memory."""
+def finish(
+    env: ViTPatchDropEnv, final_keep: float, mean_keep_ratio: float, scorer: str, rounds: int = 5, images: int | None = None
+) -> dict[str, Any]:
+    """Top-1 on ``val`` and ``test`` (whole splits unless ``images``) with every patch and at ``final_keep``,
+    the kept-patch inference speed-up and the training-step peak memory.
+
+    The kept patches at test time are chosen by the scorer the run trained with (``random``: a seeded
+    random subset per image; AgentViT's batch-shared mask has no test-time form: class-token attention).
+    """
     run = env.run
     vit = run.model
-    n_val = len(run.val_set)
     test = make_dataset(run.config.dataset, "test", root=run.config.data_root, device=run.device)
+    n_val, n_test = min(len(run.val_set), images or len(run.val_set)), min(len(test), images or len(test))
     out: dict[str, Any] = {"final_keep": final_keep, "mean_keep": mean_keep_ratio}
     out["val_top1"] = run.evaluate(n_val)[1]
-    out["test_top1"] = run.evaluate(len(test), split="test")[1]
-    out["test_top1_kept"] = run.evaluate(len(test), split="test", keep_ratio=final_keep)[1]
+    out["test_top1"] = run.evaluate(n_test, split="test")[1]
+    torch.manual_seed(0)
+    out["test_top1_kept"] = run.evaluate(n_test, split="test", keep_ratio=final_keep, scorer=scorer)[1]
+    out["kept_scorer"] = scorer
     vit.eval()
     with torch.inference_mode():
         batches = [test.normalize(test.images[i * 256 : (i + 1) * 256]) for i in range(4)]
-        speed = compare_speed({"all": vit, "kept": PatchKeptViT(vit, final_keep)}, batches, rounds=rounds)
+        kept = PatchKeptViT(vit, final_keep, scorer)
+        speed = compare_speed({"all": vit, "kept": kept}, batches, rounds=rounds)
     out["inference_speedup"] = speed["kept"]["speedup"]
     out["inference_images_per_s_kept"] = speed["kept"]["images_per_s"]
     vit.train()
     x, y = run.next_batch()
-    scorer_for_memory = scorer if mean_keep_ratio < 1.0 else "cls_attn"
 
     def train_step(images: torch.Tensor, keep: float = mean_keep_ratio) -> None:
-        tokens, _ = select_patches(vit, vit.embed(images), keep, scorer_for_memory)
+        tokens, _ = select_patches(vit, vit.embed(images), keep, scorer)
         torch.nn.functional.cross_entropy(forward_blocks(vit, tokens), y).backward()
         vit.zero_grad(set_to_none=True)
 
