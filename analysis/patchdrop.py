@@ -54,7 +54,7 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in frame.columns if c not in ("contender", "seed") and pd.api.types.is_numeric_dtype(frame[c])]
     grouped = frame.groupby("contender")[cols]
     mean, spread = grouped.mean(), (grouped.max() - grouped.min()) / 2
-    out = mean.join(spread, rsuffix="_spread")
+    out = mean.join(spread.add_suffix("_spread"))
     out["seeds"] = frame.groupby("contender")["seed"].nunique()
     order = [c for c in CONTENDERS if c in out.index] + [c for c in out.index if c not in CONTENDERS]
     return out.loc[order]

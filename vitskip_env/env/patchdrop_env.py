@@ -143,7 +143,8 @@ class ViTPatchDropEnv(gym.Env):
         self.mode, self.scorer, self.weights = mode, scorer, weights
         self.k = minibatches_per_step
         self.alpha, self.ideal_keep, self.reward_every = float(alpha), float(ideal_keep), reward_every
-        self.run.reset(0)  # builds the model once so that the spaces know the patch count
+        with torch.random.fork_rng(devices=[]):  # builds the model once so that the spaces know the patch count
+            self.run.reset(0)
         patches = self.run.num_patches
         if mode == "keep_ratio":
             self.action_space = gym.spaces.Discrete(len(self.keep_ratios))
@@ -155,7 +156,11 @@ class ViTPatchDropEnv(gym.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a new training run (fresh weights for a preset) from a seed drawn from ``seed``."""
+        """Start a new training run (fresh weights for a preset) from a seed drawn from ``seed``.
+
+        The run's seed also seeds torch's global generator: timm initialises weights from it and timm's
+        ``PatchDropout`` (``scorer="random"``) draws from it.
+        """
         super().reset(seed=seed)
         if options:
             raise ValueError(f"reset takes no options, got {sorted(options)}")
@@ -230,9 +235,12 @@ class ViTPatchDropEnv(gym.Env):
         info = {
             "keep_ratio": ratio, "kept_patches": kept, "minibatches": len(losses), "train_loss": train_loss,
             "val_loss": val_loss, "val_top1": val_top1, "seconds": dt, "used": run.used, "budget_used": run.fraction,
-            "images_seen": run.images_seen, "train_wall_seconds": wall_train, "eval_seconds": eval_seconds,
+            "images_seen": run.images_seen,
         }  # fmt: skip
-        self.history.append({"step": self.steps_done, "reward": reward, **info})
+        timings = {"train_wall_seconds": wall_train, "eval_seconds": eval_seconds}
+        if run.config.clock == "wall":  # measured times only where the clock is measured (tokens: reproducible infos)
+            info.update(timings)
+        self.history.append({"step": self.steps_done, "reward": reward, **info, **timings})
         return self._observation(), float(reward), done, False, info
 
     @torch.no_grad()
