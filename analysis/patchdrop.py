@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -133,20 +134,25 @@ def markdown(frame: pd.DataFrame, facts: dict[str, Any]) -> str:
 
 
 def plot_curves(steps: pd.DataFrame, title: str) -> Figure:
-    """Validation top-1 vs training wall-clock, one colour per contender, one line style per seed."""
+    """Validation top-1 vs training wall-clock: per contender the mean over seeds (bold; each seed's
+    curve interpolated on a common time grid) and every seed's own curve (thin)."""
     fig = Figure(figsize=(7.5, 4.5), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     colours = dict(zip(CONTENDERS, ("black", "tab:red", "tab:blue", "tab:green", "tab:purple"), strict=True))
     for name in [c for c in CONTENDERS if c in set(steps["contender"])]:
-        for i, (_, curve) in enumerate(steps[steps["contender"] == name].groupby("seed")):
-            curve = curve.dropna(subset=["val_top1"]).sort_values("used")
-            ax.plot(curve["used"], 100 * curve["val_top1"], color=colours[name], alpha=0.85, lw=1.4,
-                    ls=("-", "--", ":", "-.")[i % 4], label=CONTENDERS[name] if i == 0 else None)  # fmt: skip
+        curves = [
+            c.dropna(subset=["val_top1"]).sort_values("used") for _, c in steps[steps["contender"] == name].groupby("seed")
+        ]
+        for curve in curves:
+            ax.plot(curve["used"], 100 * curve["val_top1"], color=colours[name], alpha=0.25, lw=0.8)
+        grid = np.linspace(0.0, min(float(c["used"].iloc[-1]) for c in curves), 60)
+        mean = np.mean([np.interp(grid, c["used"], c["val_top1"]) for c in curves], axis=0)
+        ax.plot(grid, 100 * mean, color=colours[name], lw=2.0, label=f"{CONTENDERS[name]} ({len(curves)} seeds)")
     ax.set_xlabel("training wall-clock (s, measured; validation off the clock)")
     ax.set_ylabel("val top-1 (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", title="line style = seed", title_fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", title="bold: mean over seeds; thin: each seed", title_fontsize=8)
     fig.tight_layout()
     return fig
 
