@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,14 +60,18 @@ def test_benchmark_writes_every_table_and_plot(tmp_path: Path, model_file: Path)
     assert f"| 32 | {static.iloc[1]['images_per_s']:,.0f} | {dyn_row['images_per_s']:,.0f} | {dyn_row['speedup']:.2f}x" in md
 
 
-def test_bad_arguments_are_explained(tmp_path: Path, model_file: Path) -> None:
-    cmd = [sys.executable, "train/benchmark.py", "--model", str(model_file), "--subset", "101", "--no-memory",
-           "--batch-sizes", "1", "--rounds", "1", "--top1-images", "8", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "--subset has 3 bits but the model has 4 blocks" in proc.stderr
-    missing = subprocess.run([sys.executable, "train/benchmark.py", "--run", str(tmp_path / "nope")], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert missing.returncode != 0 and "dynamic_vit.safetensors" in missing.stderr
+def test_bad_arguments_are_explained(tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "train"))  # in process: the messages, without two interpreter start-ups
+    spec = importlib.util.spec_from_file_location("train_benchmark", ROOT / "train" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_benchmark", benchmark)
+    spec.loader.exec_module(benchmark)
+    args = benchmark.Args(model=str(model_file), subset="101", memory=False, batch_sizes=(1,), rounds=1, top1_images=8,
+                          out=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match="--subset has 3 bits but the model has 4 blocks"):
+        benchmark.main(args)
+    with pytest.raises(FileNotFoundError, match=r"dynamic_vit\.safetensors"):
+        benchmark.main(benchmark.Args(run=str(tmp_path / "nope")))
 
 
 def test_arch_mode_measures_a_random_weight_geometry(tmp_path: Path) -> None:
