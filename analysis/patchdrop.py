@@ -157,10 +157,4 @@ def plot_curves(steps: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def keep_trajectory(steps: pd.DataFrame) -> pd.DataFrame:
-    """Keep ratio per contender and seed against the share of the budget used (for pandas users)."""
-    frame = steps.dropna(subset=["keep_ratio"])
-    return frame.pivot_table(index=["contender", "seed", "step"], values=["budget_used", "keep_ratio"], aggfunc="first")
-
-
-__all__ = ["CONTENDERS", "goals", "keep_trajectory", "markdown", "per_run", "plot_curves", "table", "time_to"]
+__all__ = ["CONTENDERS", "goals", "markdown", "per_run", "plot_curves", "table", "time_to"]

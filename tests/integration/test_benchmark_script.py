@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from train_scripts import load_train_script
 
 from vitskip_env import DynamicViT, SkippableViT, SkipPolicy
 from vitskip_env.observations import encoder_for
@@ -61,11 +61,7 @@ def test_benchmark_writes_every_table_and_plot(tmp_path: Path, model_file: Path)
 
 
 def test_bad_arguments_are_explained(tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "train"))  # in process: the messages, without two interpreter start-ups
-    spec = importlib.util.spec_from_file_location("train_benchmark", ROOT / "train" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_benchmark", benchmark)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_train_script("benchmark", monkeypatch)  # in process: no two interpreter start-ups
     args = benchmark.Args(model=str(model_file), subset="101", memory=False, batch_sizes=(1,), rounds=1, top1_images=8,
                           out=str(tmp_path))  # fmt: skip
     with pytest.raises(ValueError, match="--subset has 3 bits but the model has 4 blocks"):

@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from fakemodels import micro_files
+from train_scripts import load_train_script
 
 from vitskip_env import make_dataset
 from vitskip_env.measure import score
 from vitskip_env.model import load_backbone
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def compare(monkeypatch: pytest.MonkeyPatch):
-    """``train/compare.py`` loaded as ``train_compare`` (``compare`` is the tests' own helper module)."""
-    monkeypatch.syspath_prepend(str(ROOT / "train"))
-    spec = importlib.util.spec_from_file_location("train_compare", ROOT / "train" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_compare", module)  # (dataclasses look their module up there)
-    spec.loader.exec_module(module)
-    return module
+    """``train/compare.py`` loaded as ``train_compare``."""
+    return load_train_script("compare", monkeypatch)
 
 
 def _args(compare, files: dict[str, str], out: Path, **kw):

@@ -3,30 +3,22 @@ contenders' schedules, and a resume that redoes only what is missing, with the s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from train_scripts import load_train_script
 
 from vitskip_env import make_dataset
 from vitskip_env.measure import score
 from vitskip_env.model import load_backbone
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def patchdrop(monkeypatch: pytest.MonkeyPatch):
     """``train/patchdrop.py`` loaded as ``train_patchdrop``."""
-    monkeypatch.syspath_prepend(str(ROOT / "train"))
-    spec = importlib.util.spec_from_file_location("train_patchdrop", ROOT / "train" / "patchdrop.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_patchdrop", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_train_script("patchdrop", monkeypatch)
 
 
 def test_every_contender_every_output_and_resume(tmp_path: Path, patchdrop) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..data import make_dataset
 from ..data.augment import augment_kwargs, random_crop_flip
 from ..model import SkippableViT, load_backbone
-from ..model.patch_select import forward_blocks, keep_shared, kept_count, select_patches
+from ..model.patch_select import forward_blocks, keep_shared, select_patches
 from ..runtime import resolve_device, sync
 
 Clock = Literal["wall", "tokens"]
@@ -246,7 +246,6 @@ class TrainingRun:
             else make_dataset(self.config.dataset, split, root=self.config.data_root, device=self.device)
         )
         n = min(len(data), images or self.config.val_images)
-        kept_count(self.num_patches, keep_ratio)  # validates the ratio
         was_training = vit.training
         vit.eval()
         total_loss, correct = 0.0, 0
