@@ -20,7 +20,9 @@ def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
         [pd.DataFrame({"contender": k, "seed": 0, "used": u, "val_top1": t}) for k, (u, t) in curves.items()],
         ignore_index=True,
     )
-    runs = pd.DataFrame({"contender": list(curves), "seed": 0, "val_top1": [0.5, 0.6, 0.52]})
+    runs = pd.DataFrame(
+        {"contender": list(curves), "seed": 0, "val_top1": [0.5, 0.6, 0.52], "seconds_per_epoch": [60.0, 30.0, 45.0]}
+    )
     return runs, steps
 
 
@@ -30,6 +32,7 @@ def test_time_to_the_full_patch_top1_is_read_off_each_curve() -> None:
     # the target is the full run's last curve point minus 1 pt: 0.49
     assert frame.loc["learned", "time_to_full"] == 5 and frame.loc["learned", "time_to_full_share"] == pytest.approx(0.25)
     assert frame.loc["random", "time_to_full"] == 20 and frame.loc["full", "time_to_full_share"] == 1.0
+    assert frame["epoch_time_vs_full"].tolist() == [1.0, 0.5, 0.75]
     assert math.isnan(patchdrop.time_to(steps[steps["contender"] == "random"], 0.9))  # never reached
 
 
